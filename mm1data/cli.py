@@ -1,0 +1,162 @@
+"""The ``mm1data`` command line: a thin click layer that parses, calls into the package, prints.
+
+Bad paths and configs raise :class:`~mm1data.errors.UsageError`; the group turns them into one
+``error: ...`` line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from mm1data import __version__
+from mm1data.config import SAMPLE_RECIPE, Recipe, Sources, SourceSpec, load_recipe
+from mm1data.errors import UsageError
+
+
+class Mm1Group(click.Group):
+    """Click group that maps :class:`UsageError` to one line on stderr and exit code 2."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except UsageError as e:
+            click.echo(f"error: {e}", err=True)
+            sys.exit(2)
+
+
+@click.group(cls=Mm1Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="mm1data")
+def main() -> None:
+    """mm1data: raw multimodal web data to MM1-style packed WebDataset shards, and a trainer."""
+
+
+def _parse_source(value: str) -> SourceSpec:
+    """``PATH`` or ``FORMAT:PATH`` (``s3://`` kept intact); ``PATH@IMAGES`` adds an image folder."""
+    fmt = "auto"
+    head, sep, rest = value.partition(":")
+    if sep and not rest.startswith("//") and head.isidentifier() and len(head) > 1:
+        fmt, value = head, rest
+    images = None
+    if "@" in value:
+        value, images = value.split("@", 1)
+    return SourceSpec(path=value, format=fmt, images=images)
+
+
+def source_options(fn: Callable) -> Callable:
+    """The input options shared by ``ingest`` and ``build``."""
+    opts = [
+        click.option("--config", "config", type=click.Path(), help="YAML recipe (see pipelines/)."),
+        click.option(
+            "--synthetic-captions", multiple=True, help="Synthetic captions JSONL keyed by image sha256 or id."
+        ),
+        click.option("--text", multiple=True, help="Text docs: JSONL(.gz/.zst) Dolma/C4, or Parquet."),
+        click.option(
+            "--interleaved", multiple=True, help="Interleaved docs: MMC4 jsonl[@IMAGE_DIR], OBELICS parquet, .zim."
+        ),
+        click.option(
+            "--captions",
+            multiple=True,
+            help="Caption pairs: COCO json@IMAGE_DIR, WebDataset tars, Parquet/CSV. [FORMAT:]PATH, repeatable.",
+        ),
+        click.option("--ray-address", default=None, help="Join an existing Ray cluster instead of a local one."),
+    ]
+    for opt in opts:
+        fn = opt(fn)
+    return fn
+
+
+def recipe_from_options(
+    config: str | None,
+    captions: tuple[str, ...],
+    interleaved: tuple[str, ...],
+    text: tuple[str, ...],
+    synthetic_captions: tuple[str, ...],
+    ray_address: str | None,
+) -> Recipe:
+    """The recipe a command runs: ``--config``, else the bundled sample; source flags replace its sources."""
+    recipe = load_recipe(config) if config else None
+    flag_sources = Sources(
+        captions=tuple(map(_parse_source, captions)),
+        interleaved=tuple(map(_parse_source, interleaved)),
+        text=tuple(map(_parse_source, text)),
+        synthetic_captions=tuple(map(_parse_source, synthetic_captions)),
+    )
+    if recipe is None:
+        recipe = Recipe() if not flag_sources.is_empty() else load_recipe(SAMPLE_RECIPE)
+    if not flag_sources.is_empty():
+        recipe = dataclasses.replace(recipe, sources=flag_sources)
+    if ray_address:
+        recipe = dataclasses.replace(recipe, ray=dataclasses.replace(recipe.ray, address=ray_address))
+    return recipe
+
+
+@main.command()
+@source_options
+@click.option("--output", default="./mm1data-ingest", show_default=True, help="Output folder (local or s3://).")
+@click.option("--quiet", is_flag=True, help="No progress output.")
+def ingest(output: str, quiet: bool, **source_kw: Any) -> None:
+    """Read raw sources into normalized Parquet per stream, rejects, and stats.json.
+
+    With no source flags and no --config, ingests the bundled sample (pipelines/sample.yaml).
+    """
+    from mm1data.ingest.job import run_ingest
+    from mm1data.report import print_stats
+
+    recipe = recipe_from_options(**source_kw)
+    stats = run_ingest(recipe, output, quiet=quiet)
+    print_stats(stats)
+
+
+@main.command()
+@source_options
+@click.option("--output", default="./mm1data-out", show_default=True, help="Output folder (local or s3://).")
+@click.option("--mix", default=None, help="caption:interleaved:text weights, e.g. 45:45:10, or name=weight,...")
+def build(output: str, mix: str | None, **source_kw: Any) -> None:
+    """Ingest, filter, dedup, tokenize, pack and mix into WebDataset shards plus manifest.json.
+
+    Not built yet (see the open build issue).
+    """
+    raise UsageError("`mm1data build` is not implemented yet")
+
+
+@main.group()
+def inspect() -> None:
+    """Look inside packed shards and datasets."""
+
+
+@inspect.command("shard")
+@click.argument("path")
+def inspect_shard(path: str) -> None:
+    """Summarize one shard: sequences, fill, images, tokens per stream, integrity check. (Not built yet.)"""
+    raise UsageError("`mm1data inspect shard` is not implemented yet")
+
+
+@inspect.command("dataset")
+@click.argument("path")
+def inspect_dataset(path: str) -> None:
+    """Show a dataset's manifest as a table; --verify re-hashes every shard. (Not built yet.)"""
+    raise UsageError("`mm1data inspect dataset` is not implemented yet")
+
+
+@main.command()
+@click.argument("src")
+@click.argument("dest")
+def publish(src: str, dest: str) -> None:
+    """Upload a local build to s3://bucket/prefix, verified, manifest.json last. (Not built yet.)"""
+    raise UsageError("`mm1data publish` is not implemented yet")
+
+
+@main.command()
+@click.option("--data", required=False, help="Packed dataset folder or s3:// prefix.")
+def train(data: str | None) -> None:
+    """Train a small MM1 model (ViT + C-Abstractor + decoder LM) on packed shards. (Not built yet.)"""
+    raise UsageError("`mm1data train` is not implemented yet")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,58 @@
+"""One place that starts (or joins) Ray with settings that suit the machine."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from mm1data.errors import UsageError
+
+OBJECT_STORE_BYTES = 2 * 1024**3
+
+
+def configure_data_context(quiet: bool = True) -> None:
+    """Set Ray Data options we rely on: ordered output and, when ``quiet``, no progress bars."""
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.execution_options.preserve_order = True
+    ctx.enable_progress_bars = not quiet
+    ctx.enable_operator_progress_bars = not quiet
+    ctx.print_on_execution_start = not quiet
+
+
+@contextmanager
+def ray_session(address: str | None = None, num_cpus: int | None = None, quiet: bool = True) -> Iterator[None]:
+    """Start a local Ray (no dashboard, bounded object store) or join ``address``; shut down after.
+
+    If Ray is already initialised in this process (tests share one session), it is reused and
+    left running.
+    """
+    import ray
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    if ray.is_initialized():
+        configure_data_context(quiet)
+        yield
+        return
+    kwargs: dict = {"include_dashboard": False, "logging_level": logging.WARNING, "log_to_driver": not quiet}
+    if address:
+        kwargs["address"] = address
+    else:
+        kwargs["address"] = "local"
+        kwargs["num_cpus"] = num_cpus or os.cpu_count() or 1
+        kwargs["object_store_memory"] = OBJECT_STORE_BYTES
+    try:
+        ray.init(**kwargs)
+    except (ConnectionError, ValueError, RuntimeError) as e:
+        if address:
+            raise UsageError(f"cannot connect to Ray cluster at {address}: {e}") from e
+        raise
+    configure_data_context(quiet)
+    try:
+        yield
+    finally:
+        ray.shutdown()
