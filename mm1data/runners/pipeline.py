@@ -34,7 +34,7 @@ class StageChain:
 
 
 def apply_stages(ds, stages: Sequence[Stage], batch_size: int = 256, actors: int | None = None):
-    """Apply ``stages`` to dataset ``ds`` batch by batch on an actor pool (setup runs once per actor)."""
+    """Apply ``stages`` to ``ds`` batch by batch on an actor pool (setup runs once per actor)."""
     import ray.data
 
     if not stages:
@@ -62,7 +62,9 @@ def to_rejects(table: pa.Table, stream: str) -> pa.Table:
     if "item_rejects" in table.column_names:
         for i, items in enumerate(table.column("item_rejects").to_pylist()):
             for n, rej in enumerate(items or []):
-                rows.append({"id": f"{ids[i]}#{n}", "stream": f"{stream}_item", "lineage": lineages[i], **rej})
+                rows.append(
+                    {"id": f"{ids[i]}#{n}", "stream": f"{stream}_item", "lineage": lineages[i], **rej}
+                )
     return pa.Table.from_pylist(rows, schema=REJECT)
 
 

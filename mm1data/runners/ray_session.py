@@ -24,7 +24,9 @@ def configure_data_context(quiet: bool = True) -> None:
 
 
 @contextmanager
-def ray_session(address: str | None = None, num_cpus: int | None = None, quiet: bool = True) -> Iterator[None]:
+def ray_session(
+    address: str | None = None, num_cpus: int | None = None, quiet: bool = True
+) -> Iterator[None]:
     """Start a local Ray (no dashboard, bounded object store) or join ``address``; shut down after.
 
     If Ray is already initialised in this process (tests share one session), it is reused and

@@ -1,0 +1,178 @@
+"""Image checks (Pillow, with a decompression-bomb limit) and OBELICS-style interleaved doc rules.
+
+:func:`check_image` judges one encoded image: it must decode, be an allowed format, have its
+shorter side >= ``min_side`` (150 px, OBELICS), longer side <= ``max_side``, aspect ratio <= 3
+and at most ``max_pixels``. Caption pairs with a bad image are dropped (:class:`ImageFilter`);
+inside an interleaved doc a bad image drops only that item into ``item_rejects``
+(:class:`InterleavedImageFilter`). :class:`InterleavedDocFilter` then applies the doc rules:
+1-30 images, minimum text. :class:`FrequentImageUrlFilter` removes image items whose URL occurs
+in more than ``max_image_url_repeats`` docs (counted over the whole corpus by
+:func:`mm1data.filters.count_image_urls`).
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from typing import ClassVar
+
+import numpy as np
+import pyarrow as pa
+from PIL import Image
+
+from mm1data.config import ImageConfig, InterleavedConfig
+from mm1data.schemas import REJECT_INFO
+from mm1data.stages import Decision, Filter, Stage, live_mask
+
+
+def check_image(data: bytes | None, cfg: ImageConfig) -> tuple[str, float, str] | None:
+    """``(reason, score, detail)`` for a bad image, None for a good one."""
+    if not data:
+        return "missing_image", 0.0, "no image bytes"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as img:
+                fmt = (img.format or "").lower()
+                w, h = img.size
+                if fmt not in cfg.formats:
+                    return "image_format_not_allowed", 0.0, fmt or "unknown"
+                if w * h > cfg.max_pixels:
+                    return "image_too_many_pixels", float(w * h), f"{w}x{h}"
+                if cfg.decode:
+                    img.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        return "image_too_many_pixels", 0.0, str(e)[:200]
+    except Exception as e:  # noqa: BLE001 - any decoder failure is a bad image, not a crash
+        return "undecodable_image", 0.0, f"{type(e).__name__}: {e}"[:200]
+    if min(w, h) < cfg.min_side:
+        return "image_too_small", float(min(w, h)), f"{w}x{h}"
+    if max(w, h) > cfg.max_side:
+        return "image_too_large", float(max(w, h)), f"{w}x{h}"
+    ratio = max(w, h) / max(1, min(w, h))
+    if ratio > cfg.max_aspect_ratio:
+        return "image_aspect_ratio_too_high", ratio, f"{w}x{h}"
+    return None
+
+
+class ImageFilter(Filter):
+    """Drop caption pairs whose image fails :func:`check_image`."""
+
+    name: ClassVar[str] = "image"
+    streams: ClassVar[tuple[str, ...]] = ("caption",)
+
+    def __init__(self, cfg: ImageConfig | None = None) -> None:
+        self.cfg = cfg or ImageConfig()
+        Image.MAX_IMAGE_PIXELS = self.cfg.max_pixels
+
+    def decide(self, live: pa.Table) -> Decision:
+        """Check every row's image."""
+        results = [check_image(b, self.cfg) for b in live.column("image").to_pylist()]
+        return Decision(
+            keep=np.array([r is None for r in results], dtype=bool),
+            reason=[r and r[0] for r in results],
+            score=[r and r[1] for r in results],
+            detail=[r and r[2] for r in results],
+        )
+
+
+def _rewrite_items(table: pa.Table, stage: str, judge) -> pa.Table:
+    """Drop the image items of live interleaved docs for which ``judge(item)`` returns
+    ``(reason, score, detail)``, appending those to ``item_rejects``."""
+    live = live_mask(table)
+    items_col = table.column("items").to_pylist()
+    rejects_col = table.column("item_rejects").to_pylist()
+    changed = False
+    for i in np.flatnonzero(live):
+        kept, rejects = [], list(rejects_col[i] or [])
+        for item in items_col[i] or []:
+            verdict = judge(item) if item["kind"] == "image" else None
+            if verdict is None:
+                kept.append(item)
+            else:
+                reason, score, detail = verdict
+                where = f"position {item.get('position')}: {item.get('url') or ''}"
+                rejects.append(
+                    {"stage": stage, "reason": reason, "detail": f"{where} {detail}"[:300], "score": score}
+                )
+        if len(kept) != len(items_col[i] or []):
+            items_col[i], rejects_col[i], changed = kept, rejects, True
+    if not changed:
+        return table
+    for name, values, typ in (
+        ("items", items_col, table.schema.field("items").type),
+        ("item_rejects", rejects_col, pa.list_(REJECT_INFO)),
+    ):
+        j = table.schema.get_field_index(name)
+        table = table.set_column(j, table.schema.field(j), pa.array(values, type=typ))
+    return table
+
+
+class InterleavedImageFilter(Stage):
+    """Remove bad image items from interleaved docs (into ``item_rejects``); the doc stays."""
+
+    name: ClassVar[str] = "image"
+    streams: ClassVar[tuple[str, ...]] = ("interleaved",)
+
+    def __init__(self, cfg: ImageConfig | None = None) -> None:
+        self.cfg = cfg or ImageConfig()
+        Image.MAX_IMAGE_PIXELS = self.cfg.max_pixels
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        return _rewrite_items(table, self.name, lambda item: check_image(item["image"], self.cfg))
+
+
+class FrequentImageUrlFilter(Stage):
+    """Remove image items whose URL is in ``frequent`` (used by too many docs: logos, icons, ads)."""
+
+    name: ClassVar[str] = "image_url_repeats"
+    streams: ClassVar[tuple[str, ...]] = ("interleaved",)
+
+    def __init__(self, frequent: dict[str, int]) -> None:
+        self.frequent = frequent
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        def judge(item: dict) -> tuple[str, float, str] | None:
+            n = self.frequent.get(item.get("url") or "")
+            return None if n is None else ("frequent_image_url", float(n), f"in {n} docs")
+
+        return _rewrite_items(table, self.name, judge)
+
+
+class InterleavedDocFilter(Filter):
+    """Doc rules after image removal: ``min_images``..``max_images`` images, ``min_text_words``."""
+
+    name: ClassVar[str] = "interleaved_doc"
+    streams: ClassVar[tuple[str, ...]] = ("interleaved",)
+
+    def __init__(self, cfg: InterleavedConfig | None = None) -> None:
+        self.cfg = cfg or InterleavedConfig()
+
+    def decide(self, live: pa.Table) -> Decision:
+        """Count images and words per doc."""
+        import pyarrow.compute as pc
+
+        items = live.column("items").combine_chunks()
+        flat = pc.list_flatten(items)
+        parents = np.asarray(pc.list_parent_indices(items))
+        is_image = np.asarray(pc.equal(pc.struct_field(flat, "kind"), "image").fill_null(False))
+        n_images = np.bincount(parents[is_image], minlength=live.num_rows)
+        texts = pc.struct_field(flat, "text").to_pylist()
+        n_words = np.zeros(live.num_rows, dtype=np.int64)
+        for p, t in zip(parents, texts, strict=False):
+            if t:
+                n_words[p] += len(t.split())
+        c = self.cfg
+        verdicts: list[tuple[str, float] | None] = []
+        for k, w in zip(n_images, n_words, strict=True):
+            if k < c.min_images:
+                verdicts.append(("too_few_images", float(k)))
+            elif k > c.max_images:
+                verdicts.append(("too_many_images", float(k)))
+            elif w < c.min_text_words:
+                verdicts.append(("too_little_text", float(w)))
+            else:
+                verdicts.append(None)
+        reason = [v and v[0] for v in verdicts]
+        score = [v and v[1] for v in verdicts]
+        return Decision(np.array([r is None for r in reason], dtype=bool), reason, score)
