@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from mm1data import __version__
-from mm1data.config import SAMPLE_RECIPE, Recipe, Sources, SourceSpec, load_recipe
+from mm1data.config import SAMPLE_RECIPE, Recipe, Sources, SourceSpec, load_recipe, to_dict
 from mm1data.errors import UsageError
 
 
@@ -112,6 +112,24 @@ def ingest(output: str, quiet: bool, **source_kw: Any) -> None:
     print_stats(stats)
 
 
+@main.command("filter")
+@click.option("--input", "input_dir", required=True, type=click.Path(), help="`mm1data ingest` output.")
+@click.option("--output", required=True, type=click.Path(), help="Output folder.")
+@click.option("--config", "config", type=click.Path(), help="YAML recipe; its `filters:` section is used.")
+def filter_cmd(input_dir: str, output: str, config: str | None) -> None:
+    """Filter ingested streams: kept Parquet per stream, rejects/, and stats.json per stage."""
+    from mm1data.filters.job import run_filter
+
+    recipe = load_recipe(config) if config else Recipe()
+    stats = run_filter(recipe, input_dir, output)
+    for stream, s in stats["streams"].items():
+        click.echo(f"{stream}: read {s['read']}, kept {s['kept']}, rejected {s['rejected']}")
+        for st in s["stages"]:
+            dropped = ", ".join(f"{k}={v}" for k, v in st["dropped"].items()) or "-"
+            line = f"  {st['stage']:<18} in {st['in']:>7}  kept {st['kept']:>7}  {st['seconds']:>7.2f}s"
+            click.echo(f"{line}  {dropped}")
+
+
 @main.command()
 @source_options
 @click.option("--output", default="./mm1data-out", show_default=True, help="Output folder (local or s3://).")
@@ -152,10 +170,48 @@ def publish(src: str, dest: str) -> None:
 
 
 @main.command()
-@click.option("--data", required=False, help="Packed dataset folder or s3:// prefix.")
-def train(data: str | None) -> None:
-    """Train a small MM1 model (ViT + C-Abstractor + decoder LM) on packed shards. (Not built yet.)"""
-    raise UsageError("`mm1data train` is not implemented yet")
+@click.option("--data", default=None, help="Packed dataset folder or s3:// prefix (mm1data/packed-v1).")
+@click.option("--model", default=None, help="Preset: tiny, mm1-100m, mm1-1b, mm1-3b.")
+@click.option("--steps", type=int, default=None, help="Total optimiser steps (the LR schedule spans them).")
+@click.option("--ckpt-dir", default=None, help="Folder for latest.pt (written atomically).")
+@click.option("--resume", is_flag=True, default=None, help="Continue from --ckpt-dir/latest.pt if present.")
+@click.option("--config", "config", type=click.Path(), help="YAML recipe; its `train:` section is the base.")
+@click.option("--batch-size", type=int, default=None, help="Global batch in packed sequences.")
+@click.option("--lr", type=float, default=None, help="Peak LR (default: MM1's fit from the LM size).")
+@click.option("--seed", type=int, default=None, help="Data order and init seed.")
+@click.option("--z-loss", type=float, default=None, help="z-loss weight (MM1-30B: 1e-4).")
+@click.option("--freeze-vision", is_flag=True, default=None, help="Do not train the ViT.")
+@click.option("--vision-weights", default=None, help="Local CLIP/OpenCLIP ViT weights to start from.")
+@click.option("--compile", "compile_", is_flag=True, default=None, help="torch.compile each block.")
+@click.option("--fsdp", is_flag=True, default=None, help="Shard with FSDP2 instead of DDP.")
+@click.option("--stop-after", type=int, default=None, help="Leave after this many steps (checkpointed).")
+@click.option("--num-workers", type=int, default=None, help="Loader processes per rank.")
+@click.option("--set", "overrides", multiple=True, help="Model field override, e.g. dim=512 (repeatable).")
+def train(config: str | None, compile_: bool | None, overrides: tuple[str, ...], **flags: Any) -> None:
+    """Train a small MM1 model (ViT + C-Abstractor + decoder LM) on packed shards.
+
+    JSON lines on stdout (step, loss, per-stream loss, lr, throughput, MFU), a human line on
+    stderr. Multi-process: torchrun --nproc-per-node N -m mm1data.cli train ...
+    """
+    import yaml
+
+    from mm1data.config import TrainConfig, from_dict
+    from mm1data.train.train import train as run_train
+
+    cfg = load_recipe(config).train if config else TrainConfig()
+    given = {k: v for k, v in flags.items() if v is not None}
+    if compile_ is not None:
+        given["compile"] = compile_
+    if overrides:
+        extra = {}
+        for item in overrides:
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise UsageError(f"--set expects FIELD=VALUE, got {item!r}")
+            extra[key] = yaml.safe_load(value)
+        given["model_overrides"] = {**cfg.model_overrides, **extra}
+    cfg = from_dict(TrainConfig, {**to_dict(cfg), **given}, where="train")
+    run_train(cfg)
 
 
 if __name__ == "__main__":

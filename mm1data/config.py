@@ -71,12 +71,170 @@ class RayConfig:
 
 
 @dataclass(frozen=True)
+class GopherQualityConfig:
+    """Gopher quality rules (Rae et al. 2021, MassiveText, App. A.1.1); defaults as there and as
+    datatrove's ``GopherQualityFilter``. A threshold set to null disables its rule."""
+
+    enabled: bool = True
+    min_doc_words: int | None = 50  # non-symbol words
+    max_doc_words: int | None = 100_000
+    min_avg_word_length: float | None = 3.0
+    max_avg_word_length: float | None = 10.0
+    max_symbol_word_ratio: float | None = 0.1  # "#" and "..." / "…" per word
+    max_bullet_lines_ratio: float | None = 0.9
+    max_ellipsis_lines_ratio: float | None = 0.3
+    min_alpha_words_ratio: float | None = 0.8  # words with at least one alphabetic character
+    min_stop_words: int | None = 2
+    stop_words: tuple[str, ...] = ("the", "be", "to", "of", "and", "that", "have", "with")
+
+
+@dataclass(frozen=True)
+class GopherRepetitionConfig:
+    """Gopher repetition rules (Rae et al. 2021, Table A1); defaults as there and as datatrove's
+    ``GopherRepetitionFilter``. Fractions are of the document's characters unless named ``_frac``
+    of lines/paragraphs. A threshold set to null disables its rule."""
+
+    enabled: bool = True
+    max_dup_para_frac: float | None = 0.30
+    max_dup_para_char_frac: float | None = 0.20
+    max_dup_line_frac: float | None = 0.30
+    max_dup_line_char_frac: float | None = 0.20
+    max_top_ngram_char_frac: tuple[float, ...] = (0.20, 0.18, 0.16)  # n = 2, 3, 4
+    max_dup_ngram_char_frac: tuple[float, ...] = (0.15, 0.14, 0.13, 0.12, 0.11, 0.10)  # n = 5 .. 10
+
+
+@dataclass(frozen=True)
+class C4Config:
+    """C4 heuristics (Raffel et al. 2020, Sec. 2.2, and tfds ``c4_utils``); defaults as datatrove's
+    ``C4QualityFilter``. Lines without terminal punctuation, with fewer than ``min_words_per_line``
+    words, a word over ``max_word_length``, "javascript" or a policy phrase are not counted; a doc
+    is dropped for "lorem ipsum", a curly bracket, or fewer than ``min_sentences`` sentences in the
+    lines that remain. ``remove_lines`` also deletes those lines from kept text docs (C4 and
+    datatrove do); by default the text is left whole and only whole docs are dropped."""
+
+    enabled: bool = True
+    min_sentences: int = 5
+    min_words_per_line: int = 3
+    max_word_length: int = 1000
+    terminal_punct: bool = True
+    javascript: bool = True
+    lorem_ipsum: bool = True
+    curly_bracket: bool = True
+    policy: bool = True
+    remove_citations: bool = True
+    remove_lines: bool = False
+
+
+@dataclass(frozen=True)
+class LanguageConfig:
+    """fastText lid.176 language ID. ``min_score`` 0.65 as FineWeb / datatrove ``LanguageFilter``;
+    English only by default (MM1 trains on English). Empty ``languages`` keeps every language."""
+
+    enabled: bool = True
+    languages: tuple[str, ...] = ("en",)
+    min_score: float = 0.65
+
+
+@dataclass(frozen=True)
+class CaptionConfig:
+    """Per-caption rules; a pair is dropped only when none of its captions is left.
+
+    ``min_words`` 2 as DataComp's basic filtering (Gadre et al. 2023); ``max_words`` and the
+    alt-text boilerplate patterns are mm1data's; ``max_repeats``: a caption (normalized) written
+    for more than this many distinct images is boilerplate (same rule as OBELICS' image URLs)."""
+
+    enabled: bool = True
+    min_words: int = 2
+    max_words: int = 128
+    boilerplate: bool = True
+    # lid.176 is unsure on short captions: at 0.5, 11 of 395 English COCO val captions fell
+    # below; at 0.3, none
+    language: LanguageConfig = field(default_factory=lambda: LanguageConfig(min_score=0.3))
+    max_repeats: int | None = 10
+
+
+@dataclass(frozen=True)
+class ImageConfig:
+    """Image checks for caption images and images inside interleaved docs. Min side 150 px and
+    aspect ratio at most 3 as OBELICS (Laurençon et al. 2023, Sec. 3); max side 20,000 px as OBELICS;
+    ``max_pixels`` is Pillow's decompression-bomb threshold."""
+
+    enabled: bool = True
+    formats: tuple[str, ...] = ("jpeg", "png", "webp")
+    min_side: int = 150
+    max_side: int = 20_000
+    max_aspect_ratio: float = 3.0
+    max_pixels: int = 89_478_485
+    decode: bool = True  # fully decode (catches truncated files), not just read the header
+
+
+@dataclass(frozen=True)
+class InterleavedConfig:
+    """Doc-level rules for interleaved docs, after bad images are removed. 1-30 images as OBELICS;
+    image URLs used by more than ``max_image_url_repeats`` docs are dropped (OBELICS: 10)."""
+
+    min_images: int = 1
+    max_images: int = 30
+    min_text_words: int = 10
+    max_image_url_repeats: int | None = 10
+
+
+@dataclass(frozen=True)
+class FilterConfig:
+    """All filter families; the text families also apply to the text of interleaved docs."""
+
+    gopher_quality: GopherQualityConfig = field(default_factory=GopherQualityConfig)
+    gopher_repetition: GopherRepetitionConfig = field(default_factory=GopherRepetitionConfig)
+    c4: C4Config = field(default_factory=C4Config)
+    language: LanguageConfig = field(default_factory=LanguageConfig)
+    caption: CaptionConfig = field(default_factory=CaptionConfig)
+    image: ImageConfig = field(default_factory=ImageConfig)
+    interleaved: InterleavedConfig = field(default_factory=InterleavedConfig)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """``mm1data train``: data, model preset (+ field overrides), optimisation, parallelism, checkpoints."""
+
+    data: str | None = None  # packed dataset folder or s3:// prefix
+    model: str = "tiny"  # preset: tiny, mm1-100m, mm1-1b, mm1-3b
+    model_overrides: dict[str, Any] = field(default_factory=dict)  # any ModelConfig field
+    vision_weights: str | None = None  # local CLIP/OpenCLIP ViT weights (.safetensors or state dict)
+    freeze_vision: bool = False
+    steps: int = 100
+    batch_size: int = 8  # global, in packed sequences per step
+    micro_batch_size: int = 0  # per rank; 0 = batch_size / world size (no accumulation)
+    lr: float | None = None  # None: MM1's fit exp(-0.4214 ln N - 0.5535), N = LM parameters
+    warmup_steps: int = 2000  # capped at steps // 10 for short runs
+    min_lr_ratio: float = 0.1  # cosine decays to this fraction of the peak
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    z_loss: float = 0.0  # MM1-30B used 1e-4
+    seed: int = 0
+    compile: bool = False
+    fsdp: bool = False
+    ckpt_dir: str | None = None
+    ckpt_every: int = 0  # 0: only at the end of the run
+    resume: bool = False
+    stop_after: int | None = None  # leave after this many steps (the schedule still spans `steps`)
+    log_every: int = 1  # JSON line on stdout
+    print_every: int = 10  # human line on stderr
+    num_workers: int = 2  # DataLoader processes per rank (JPEG decode)
+    prefetch: int = 4  # micro-batches each worker keeps ready
+    peak_tflops: float | None = None  # per device, for MFU; None: known GPUs only
+
+
+@dataclass(frozen=True)
 class Recipe:
     """A whole job description, loaded from YAML (see ``pipelines/``)."""
 
     sources: Sources = field(default_factory=Sources)
     ingest: IngestConfig = field(default_factory=IngestConfig)
     ray: RayConfig = field(default_factory=RayConfig)
+    filters: FilterConfig = field(default_factory=FilterConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
 
 
 def _convert(value: Any, tp: Any, where: str) -> Any:
