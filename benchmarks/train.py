@@ -8,7 +8,8 @@ tokens, ≤ 16 images) from the shared real data with the trainer tests' contrac
 1. the loader alone, in one process (per core): packed sequences/s and images/s of mm1data's
    random-access loader vs ``webdataset.WebDataset(...).decode("rgb8").batched(8, ...)`` reading
    the same tars and doing the same work (decoded uint8 RGB images and the four int arrays as
-   batched tensors); plus, as a labelled reference, the bare webdataset decode loop (no batching);
+   batched tensors, checked equal to mm1data's on one micro-batch); plus, as a labelled reference,
+   the bare webdataset decode loop (no batching);
 2. ``tiny`` training tokens/s and MFU against this CPU's measured fp32 matmul peak;
 3. the arithmetic for "the loader feeds ≥ 10× what one H100 consumes at mm1-1b".
 """
@@ -16,6 +17,9 @@ tokens, ≤ 16 images) from the shared real data with the trainer tests' contrac
 from __future__ import annotations
 
 import argparse
+import atexit
+import functools
+import shutil
 import sys
 import tempfile
 import time
@@ -28,7 +32,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests" / "train"))
 
 from mm1data.config import TrainConfig  # noqa: E402
-from mm1data.train.data import PackedBatches, make_loader, open_dataset  # noqa: E402
+from mm1data.train.data import PackedBatches, ShardReader, collate, make_loader, open_dataset  # noqa: E402
 from mm1data.train.model import MM1, model_config  # noqa: E402
 from mm1data.train.train import batch_stats, train  # noqa: E402
 
@@ -47,17 +51,25 @@ def mm1data_loader(data: str, n: int) -> tuple[float, int]:
     return time.perf_counter() - t0, images
 
 
-def webdataset_collate(samples: list[dict]) -> dict:
-    """What the trainer needs from a micro-batch: the four int arrays and all images as tensors."""
+def webdataset_collate(samples: list[dict], streams: tuple[str, ...], size: int) -> dict:
+    """The micro-batch the trainer takes (as mm1data's ``collate`` builds it) from webdataset samples."""
+    T = len(samples[0]["tokens.npy"])
+    stream_ids = np.full((len(samples), T), -1, dtype=np.int8)
+    image_index = []
+    for b, s in enumerate(samples):
+        for ex in s["json"]["examples"]:
+            stream_ids[b, ex["span"][0] : ex["span"][1]] = streams.index(ex["stream"])
+        image_index += [b * T + im["slot_start"] for im in s["json"]["images"]]
     images = [s[k] for s in samples for k in sorted(s) if k.endswith(".jpg")]
-    size = samples[0]["tokens.npy"].shape[0]
     return {
         "tokens": torch.from_numpy(np.stack([s["tokens.npy"] for s in samples], dtype=np.int64)),
         "segment_ids": torch.from_numpy(np.stack([s["segment_ids.npy"] for s in samples])),
         "positions": torch.from_numpy(np.stack([s["positions.npy"] for s in samples])),
         "loss_mask": torch.from_numpy(np.stack([s["loss_mask.npy"] for s in samples])),
+        "stream_ids": torch.from_numpy(stream_ids),
         "images": torch.from_numpy(np.stack(images) if images else np.zeros((0, size, size, 3), np.uint8)),
-        "meta": [s["json"] for s in samples],
+        "image_index": torch.tensor(image_index, dtype=torch.int64),
+        "keys": [s["__key__"] for s in samples],
     }
 
 
@@ -66,11 +78,12 @@ def webdataset_batches(data: str, n: int) -> tuple[float, int]:
     and batch into the tensors the trainer takes (:func:`webdataset_collate`)."""
     import webdataset as wds
 
-    urls = [s.url for s in open_dataset(data).shards]
+    ds = open_dataset(data)
+    collate = functools.partial(webdataset_collate, streams=ds.streams, size=ds.image_size)
     pipeline = (
-        wds.WebDataset(urls, shardshuffle=False)
+        wds.WebDataset([s.url for s in ds.shards], shardshuffle=False)
         .decode("rgb8")
-        .batched(BATCH, collation_fn=webdataset_collate, partial=False)
+        .batched(BATCH, collation_fn=collate, partial=False)
     )
     t0, images = time.perf_counter(), 0
     for i, mb in enumerate(pipeline):
@@ -78,6 +91,20 @@ def webdataset_batches(data: str, n: int) -> tuple[float, int]:
         if i + 1 == n // BATCH:
             break
     return time.perf_counter() - t0, images
+
+
+def check_equal_work(data: str) -> None:
+    """Both loaders build the same tensors from the same sequences (the first micro-batch of shard 0)."""
+    import webdataset as wds
+
+    ds = open_dataset(data)
+    collate_wds = functools.partial(webdataset_collate, streams=ds.streams, size=ds.image_size)
+    pipeline = wds.WebDataset(ds.shards[0].url, shardshuffle=False).decode("rgb8")
+    theirs = next(iter(pipeline.batched(BATCH, collation_fn=collate_wds)))
+    reader = ShardReader(ds)
+    ours = collate([reader.read(0, i) for i in range(BATCH)], ds.streams, ds.image_size)
+    for k, v in ours.items():
+        assert k == "keys" or torch.equal(v, theirs[k]), k
 
 
 def webdataset_decode_only(data: str, n: int) -> tuple[float, int]:
@@ -148,7 +175,9 @@ def main() -> None:
     if data is None:
         from shards_helper import write_packed_dataset
 
-        out = Path(tempfile.mkdtemp(prefix="mm1data-bench-")) / "ds"
+        scratch = Path(tempfile.mkdtemp(prefix="mm1data-bench-"))
+        atexit.register(shutil.rmtree, scratch, ignore_errors=True)
+        out = scratch / "ds"
         write_packed_dataset(
             out,
             REPO.parent / "shared" / "data-candidates",
@@ -161,6 +190,7 @@ def main() -> None:
         )
         data = str(out)
     n = args.sequences or open_dataset(data).sequences // BATCH * BATCH  # all read the same sequences
+    check_equal_work(data)
     loaders = {"mm1data": mm1data_loader, "wds": webdataset_batches, "wds-bare": webdataset_decode_only}
     best = best_of(args.rounds, loaders, data, n)
     (t_ours, img_ours), (t_wds, img_wds), (t_bare, img_bare) = (best[k] for k in loaders)

@@ -9,8 +9,8 @@ size that divides ``G``: nothing is seen twice and nothing is skipped.
 
 Samples are read by random access: each shard's tar is memory-mapped and indexed once (member
 offsets from the headers), a sample's members are zero-copy views of it, and a micro-batch's JPEGs
-are decoded straight into one preallocated image array. ``s3://`` (or any fsspec URL) shards are first copied
-whole into a local cache checked against the manifest's sha256.
+are decoded straight into one preallocated image array. ``s3://`` (or any fsspec URL) shards are
+first copied whole into a local cache checked against the manifest's sha256.
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 from collections import Counter
@@ -9,9 +10,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from mm1data.errors import UsageError
-from mm1data.train.data import PackedBatches, PackedDataset, SampleOrder, make_loader, open_dataset
+from mm1data.train.data import (
+    PackedBatches,
+    PackedDataset,
+    SampleOrder,
+    ShardReader,
+    collate,
+    decode_jpeg_into,
+    make_loader,
+    open_dataset,
+)
 
 
 def _keys(
@@ -81,6 +92,33 @@ def test_batches_carry_slots_streams_and_images(packed_dataset: Path) -> None:
     assert int((mb["tokens"] == ds.special_tokens["image"]).sum()) == len(slots)
     assert set(mb["stream_ids"][mb["segment_ids"] > 0].tolist()) == {0, 1}
     assert ds.streams == ("caption", "text")
+
+
+def test_batch_images_are_the_jpegs_decoded_in_order_even_after_their_shard_is_evicted(
+    packed_dataset: Path,
+) -> None:
+    ds = open_dataset(str(packed_dataset))
+    reader = ShardReader(ds, keep=1)  # each read unmaps the previous shard while its samples still view it
+    samples = [reader.read(shard, i) for i in range(3) for shard in range(3)]
+    mb = collate(samples, ds.streams, ds.image_size)
+    expected = [
+        np.asarray(Image.open(io.BytesIO(bytes(j))).convert("RGB")) for s in samples for j in s["jpegs"]
+    ]
+    assert len(expected) >= 3 and mb["images"].shape == (len(expected), 56, 56, 3)
+    assert np.array_equal(mb["images"].numpy(), np.stack(expected))
+
+
+def test_grayscale_jpegs_become_rgb_and_a_wrong_size_is_refused(packed_dataset: Path) -> None:
+    ds = open_dataset(str(packed_dataset))
+    jpeg = next(j for i in range(12) for j in ShardReader(ds).read(0, i)["jpegs"])
+    buf = io.BytesIO()
+    Image.open(io.BytesIO(bytes(jpeg))).convert("L").save(buf, format="JPEG")
+    out = np.zeros((56, 56, 3), np.uint8)
+    decode_jpeg_into(buf.getvalue(), out)
+    gray = np.asarray(Image.open(io.BytesIO(buf.getvalue())))
+    assert all(np.array_equal(out[..., c], gray) for c in range(3)) and gray.std() > 10
+    with pytest.raises(ValueError, match="image is 56x56, expected 32x32"):
+        decode_jpeg_into(jpeg, np.empty((32, 32, 3), np.uint8))
 
 
 def test_bad_dataset_paths_fail_with_one_line(tmp_path: Path, packed_dataset: Path) -> None:
