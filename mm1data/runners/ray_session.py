@@ -21,6 +21,9 @@ def configure_data_context(quiet: bool = True) -> None:
     ctx.enable_progress_bars = not quiet
     ctx.enable_operator_progress_bars = not quiet
     ctx.print_on_execution_start = not quiet
+    level = logging.WARNING if quiet else logging.INFO
+    for name in ("ray", "ray.data"):
+        logging.getLogger(name).setLevel(level)
 
 
 @contextmanager

@@ -1,0 +1,198 @@
+"""What every reader shares: read units, path expansion, image description, reject rows.
+
+A reader is two functions: ``plan(spec, cfg) -> list[Unit]`` runs on the driver (expands globs,
+fails fast on a bad path), ``read(unit, cfg) -> Iterator[pa.Table]`` runs on Ray workers and
+yields batches in the stream's schema. Bad records become rows whose ``reject`` is filled by
+stage ``ingest`` with a specific reason; the job goes on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import warnings
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+
+import fsspec
+import pyarrow as pa
+from PIL import Image
+
+from mm1data.config import IngestConfig, SourceSpec
+from mm1data.errors import UsageError
+
+STAGE = "ingest"
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One piece of work for a Ray worker: a file (or file + image folder) of one format."""
+
+    stream: str
+    format: str
+    path: str
+    images: str | None = None
+    name: str | None = None
+    start: int = 0  # first entry of the file this unit reads (formats that split a file)
+    stop: int | None = None  # one past the last entry; None: to the end
+
+    def to_json(self) -> str:
+        """Serialized form carried through Ray Data rows."""
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> Unit:
+        """Inverse of :meth:`to_json`."""
+        return cls(**json.loads(text))
+
+
+def expand_paths(spec: SourceSpec) -> list[str]:
+    """Files matching ``spec.path`` (a file, a folder, or a glob; local or remote), sorted.
+
+    Raises :class:`UsageError` when nothing matches.
+    """
+    fs, _, paths = fsspec.get_fs_token_paths(spec.path)
+    protocol = fs.protocol[0] if isinstance(fs.protocol, (list, tuple)) else fs.protocol
+    out: list[str] = []
+    for p in paths:
+        if fs.isdir(p):
+            out.extend(f for f in fs.find(p) if not f.rsplit("/", 1)[-1].startswith("."))
+        elif fs.exists(p):
+            out.append(p)
+    if not out:
+        raise UsageError(f"input not found: {spec.path}")
+    if protocol not in ("file", "local"):
+        out = [f"{protocol}://{p}" for p in out]
+    return sorted(out)
+
+
+COMPRESSION_SUFFIXES = (".gz", ".zst", ".bz2", ".xz")
+
+
+def file_stem(path: str) -> str:
+    """File name without compression and format suffixes: ``a/olmo-c4.01.json.gz`` -> ``olmo-c4.01``."""
+    name = path.rstrip("/").rsplit("/", 1)[-1]
+    for suffix in COMPRESSION_SUFFIXES:
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    stem, dot, _ = name.rpartition(".")
+    return stem if dot else name
+
+
+def read_bytes(path: str) -> bytes:
+    """Whole file bytes from a local path or URL."""
+    with fsspec.open(path, "rb") as f:
+        return f.read()
+
+
+def open_lines(path: str) -> Iterator[bytes]:
+    """Raw lines (bytes, newline stripped) of a possibly compressed (.gz, .zst, .bz2, .xz) file.
+
+    Bytes, not str: each line is decoded by the reader so that one invalid line becomes one
+    ``invalid_utf8`` reject instead of failing the file.
+    """
+    with fsspec.open(path, "rb", compression="infer") as f:
+        for line in f:
+            yield line.rstrip(b"\r\n")
+
+
+def rejected(
+    row_id: str, source: str, offset: int, reason: str, detail: str | None = None, score: float | None = None
+) -> dict:
+    """A row dict that is only an ingest reject (no payload)."""
+    return {
+        "id": row_id,
+        "lineage": {"source": source, "offset": offset},
+        "reject": reject_info(reason, detail, score),
+    }
+
+
+def reject_info(reason: str, detail: str | None = None, score: float | None = None) -> dict:
+    """A ``reject`` struct value from stage ingest."""
+    return {"stage": STAGE, "reason": reason, "detail": detail, "score": score, "duplicate_of": None}
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What ingest records about an image: hash, size and format."""
+
+    sha256: str
+    width: int
+    height: int
+    format: str
+
+
+class BadImage(Exception):
+    """An image that cannot be accepted; ``reason`` is the reject reason."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+
+
+def describe_image(data: bytes | None, cfg: IngestConfig) -> ImageInfo:
+    """Hash and measure an encoded image without decoding its pixels.
+
+    Only the header is parsed (``Image.open`` + size, plus Pillow's ``verify`` which checks PNG
+    chunk CRCs); a JPEG with no end-of-image marker in its last bytes is ``image_truncated``.
+    Full decoding is the image filter's job. Raises :class:`BadImage` with reason
+    ``image_empty``, ``image_too_large`` (bytes), ``decompression_bomb`` (pixels),
+    ``image_truncated`` or ``image_undecodable``.
+    """
+    if not data:
+        raise BadImage("image_empty", "zero-byte image")
+    if len(data) > cfg.max_image_bytes:
+        raise BadImage("image_too_large", f"{len(data)} bytes > {cfg.max_image_bytes}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as img:
+                width, height = img.size
+                fmt = (img.format or "unknown").lower()
+                if width * height > cfg.max_image_pixels:
+                    raise BadImage("decompression_bomb", f"{width}x{height} pixels > {cfg.max_image_pixels}")
+                img.verify()
+    except BadImage:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise BadImage("decompression_bomb", str(e)[:200]) from e
+    except Exception as e:  # Pillow raises many types for corrupt data
+        raise BadImage("image_undecodable", f"{type(e).__name__}: {str(e)[:200]}") from e
+    if fmt == "jpeg" and JPEG_EOI not in data[-JPEG_TAIL:]:
+        raise BadImage("image_truncated", f"no JPEG end-of-image marker in the last {JPEG_TAIL} bytes")
+    return ImageInfo(hashlib.sha256(data).hexdigest(), width, height, fmt)
+
+
+JPEG_EOI = b"\xff\xd9"
+JPEG_TAIL = 64  # encoders may pad a few bytes after the marker
+
+
+def image_fields(data: bytes, info: ImageInfo) -> dict:
+    """The image columns of a row."""
+    return {
+        "image": data,
+        "image_sha256": info.sha256,
+        "width": info.width,
+        "height": info.height,
+        "format": info.format,
+    }
+
+
+def decode_utf8(raw: bytes) -> str:
+    """Strict UTF-8 decoding; raises ``UnicodeDecodeError`` on invalid bytes."""
+    return raw.decode("utf-8")
+
+
+def batched(rows: Iterator[dict], schema: pa.Schema, size: int) -> Iterator[pa.Table]:
+    """Group row dicts into tables of ``schema`` with at most ``size`` rows."""
+    buf: list[dict] = []
+    for row in rows:
+        buf.append(row)
+        if len(buf) >= size:
+            yield pa.Table.from_pylist(buf, schema=schema)
+            buf = []
+    if buf:
+        yield pa.Table.from_pylist(buf, schema=schema)
