@@ -73,8 +73,9 @@ def plan(stream: str, spec: SourceSpec) -> list[Unit]:
         fmt = spec.format if spec.format != "auto" else detect_format(stream, path)
         if fmt is None:
             if len(files) == 1:
+                names = ", ".join(known)
                 raise UsageError(
-                    f"cannot tell the {stream} format of {path}; name it as FORMAT:PATH (known: {', '.join(known)})"
+                    f"cannot tell the {stream} format of {path}; give FORMAT:PATH (known: {names})"
                 )
             continue  # a folder may hold other files (images beside a COCO json, READMEs)
         units.append(Unit(stream=stream, format=fmt, path=path, images=spec.images, name=spec.name))

@@ -125,6 +125,7 @@ def read_webdataset(unit: Unit, cfg: IngestConfig) -> Iterator[pa.Table]:
                 samples[full_key][ext.lower()] = f.read()
     except (tarfile.TarError, EOFError, OSError) as e:
         error = f"{type(e).__name__}: {e}"
+    cut = order.pop() if error and order else None  # the sample being read when the tar ended
 
     def rows() -> Iterator[dict]:
         for offset, key in enumerate(order):
@@ -149,7 +150,7 @@ def read_webdataset(unit: Unit, cfg: IngestConfig) -> Iterator[pa.Table]:
             captions = [{"text": text, "provenance": "alt_text"}] if text else []
             yield caption_row(row_id, data, captions, meta.get("url"), unit.path, offset, cfg)
         if error is not None:
-            yield rejected(f"{stem}:#truncated", unit.path, len(order), "tar_truncated", error)
+            yield rejected(f"{stem}:{cut or '#truncated'}", unit.path, len(order), "tar_truncated", error)
 
     yield from batched(rows(), CAPTION_PAIR, cfg.rows_per_batch)
 
@@ -176,9 +177,8 @@ def read_table_captions(unit: Unit, cfg: IngestConfig) -> Iterator[pa.Table]:
     def records() -> Iterator[tuple]:
         for batch in table.to_batches(max_chunksize=cfg.rows_per_batch):
             data = batch.to_pydict()
-            yield from zip(
-                *(data[c] if c else [None] * batch.num_rows for c in (id_col, img_col, cap_col, url_col))
-            )
+            columns = [data[c] if c else [None] * batch.num_rows for c in (id_col, img_col, cap_col, url_col)]
+            yield from zip(*columns, strict=True)
 
     def rows() -> Iterator[dict]:
         for offset, (key, img, text, url) in enumerate(records()):

@@ -146,7 +146,7 @@ def read_obelics(unit: Unit, cfg: IngestConfig) -> Iterator[pa.Table]:
                     continue
                 urls = data["image_urls"][i] if "image_urls" in cols else [None] * len(images)
                 items = []
-                for pos, (text, image) in enumerate(zip(texts, images)):
+                for pos, (text, image) in enumerate(zip(texts, images, strict=False)):
                     if text is not None:
                         items.append(text_item(text, pos))
                     elif isinstance(image, (bytes, dict)):
@@ -250,6 +250,7 @@ def read_zim(unit: Unit, cfg: IngestConfig) -> Iterator[pa.Table]:
 
     archive = Archive(unit.path)
     stem = PurePosixPath(unit.path).stem
+    main_path = archive.main_entry.get_item().path if archive.has_main_entry else None
 
     def rows() -> Iterator[dict]:
         offset = -1
@@ -262,6 +263,9 @@ def read_zim(unit: Unit, cfg: IngestConfig) -> Iterator[pa.Table]:
                 continue
             offset += 1
             row_id = f"{stem}:{entry.path}"
+            if entry.path == main_path:
+                yield rejected(row_id, unit.path, offset, "not_an_article", "the archive's main (index) page")
+                continue
             try:
                 html = decode_utf8(bytes(item.content))
             except UnicodeDecodeError:

@@ -1,0 +1,82 @@
+"""Caption readers on real COCO / img2dataset data and on the bad-input corpus."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from tests.ingest.conftest import read_rows, reasons
+
+
+def test_coco_reads_every_image_with_its_five_human_captions(shared_data):
+    ann = shared_data / "a-coco-mini" / "annotations"
+    rows = read_rows("caption", "coco", ann / "captions_train2017.json") + read_rows(
+        "caption", "coco", ann / "captions_val2017.json"
+    )
+    assert len(rows) == 159
+    assert all(r["reject"] is None for r in rows)
+    assert sum(len(r["captions"]) for r in rows) == 795
+    assert {c["provenance"] for r in rows for c in r["captions"]} == {"human"}
+    first = rows[0]
+    assert len(first["image_sha256"]) == 64 and first["format"] == "jpeg"
+    assert first["width"] > 0 and first["lineage"]["offset"] == 0
+
+
+def test_url_only_parquet_rows_are_all_rejected_no_image_bytes(shared_data):
+    rows = read_rows("caption", "parquet", shared_data / "a-img2dataset-captions" / "test_10000.parquet")
+    assert len(rows) == 10_000
+    assert set(reasons(rows).values()) == {"no_image_bytes"}
+    assert rows[0]["reject"]["detail"].startswith("url=http")
+
+
+def test_bad_tar_samples_get_specific_reasons(bad_dir):
+    got = reasons(read_rows("caption", "webdataset", bad_dir / "captions.tar"))
+    assert got == {
+        "captions.tar:good": None,
+        "captions.tar:truncated_jpeg": "image_undecodable",
+        "captions.tar:corrupt_jpeg": "image_undecodable",
+        "captions.tar:truncated_png": "image_undecodable",
+        "captions.tar:corrupt_png": "image_undecodable",
+        "captions.tar:zero_byte": "image_empty",
+        "captions.tar:bomb": "decompression_bomb",
+        "captions.tar:huge_caption": "caption_too_long",
+        "captions.tar:bad_utf8_caption": "invalid_utf8",
+        "captions.tar:bad_json": "invalid_json",
+        "captions.tar:no_image_no_url": "no_image_bytes",
+    }
+
+
+def test_truncated_tar_keeps_what_was_read_and_rejects_the_cut_sample(bad_dir):
+    rows = read_rows("caption", "webdataset", bad_dir / "truncated.tar")
+    got = reasons(rows)
+    assert got["truncated.tar:good"] is None
+    assert got["truncated.tar:huge_caption"] == "tar_truncated"
+    assert len(rows) == 8
+
+
+def test_parquet_with_image_bytes_column(tmp_path, shared_data):
+    jpg = next((shared_data / "a-coco-mini" / "val2017").glob("*.jpg")).read_bytes()
+    table = pa.table({"key": ["a", "b"], "jpg": [jpg, b""], "caption": ["a street scene", "empty image"]})
+    pq.write_table(table, tmp_path / "pairs.parquet")
+    got = reasons(read_rows("caption", "parquet", tmp_path / "pairs.parquet"))
+    assert got == {"pairs:a": None, "pairs:b": "image_empty"}
+
+
+def test_webdataset_json_member_supplies_url_and_caption(tmp_path, shared_data):
+    jpg = next((shared_data / "a-coco-mini" / "train2017").glob("*.jpg")).read_bytes()
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data in (
+            ("00001.jpg", jpg),
+            ("00001.json", b'{"url": "http://x/y.jpg", "caption": "alt"}'),
+        ):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    (tmp_path / "shard.tar").write_bytes(buf.getvalue())
+    (row,) = read_rows("caption", "webdataset", tmp_path / "shard.tar")
+    assert row["url"] == "http://x/y.jpg"
+    assert row["captions"] == [{"text": "alt", "provenance": "alt_text"}]
