@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -24,6 +25,22 @@ def configure_data_context(quiet: bool = True) -> None:
     level = logging.WARNING if quiet else logging.INFO
     for name in ("ray", "ray.data"):
         logging.getLogger(name).setLevel(level)
+
+
+def check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """Fail fast with :class:`UsageError` when ``host:port`` of a Ray address does not answer.
+
+    ``ray.init`` itself retries an unreachable cluster for minutes.
+    """
+    target = address.split("://", 1)[-1]
+    if target in ("auto", "local"):
+        return
+    host, _, port = target.rpartition(":")
+    try:
+        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout_s):
+            return
+    except (OSError, ValueError) as e:
+        raise UsageError(f"cannot connect to Ray cluster at {address}: {e}") from e
 
 
 @contextmanager
@@ -50,6 +67,8 @@ def ray_session(
         kwargs["address"] = "local"
         kwargs["num_cpus"] = num_cpus or os.cpu_count() or 1
         kwargs["object_store_memory"] = OBJECT_STORE_BYTES
+    if address:
+        check_reachable(address)
     try:
         ray.init(**kwargs)
     except (ConnectionError, ValueError, RuntimeError) as e:
