@@ -123,7 +123,7 @@ def read_webdataset(unit: Unit, cfg: IngestConfig) -> Iterator[pa.Table]:
                     samples[full_key] = {}
                     order.append(full_key)
                 samples[full_key][ext.lower()] = f.read()
-    except (tarfile.TarError, EOFError, OSError) as e:
+    except (tarfile.TarError, EOFError, OSError, ValueError, UnicodeDecodeError) as e:
         error = f"{type(e).__name__}: {e}"
     cut = order.pop() if error and order else None  # the sample being read when the tar ended
 
