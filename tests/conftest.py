@@ -60,3 +60,71 @@ def ray_local():
 def repo_root() -> Path:
     """The repository root."""
     return REPO
+
+
+# --- S3: a real moto server on loopback ------------------------------------------------------------
+
+S3_TEST_KEY_ID = "AKIAMM1DATATESTKEY01"
+S3_TEST_SECRET = "mm1data-test-secret-Zq8wX3vT5pL9nR2k"
+# Fake credentials for the whole session, set at import so that no test can reach a real account
+# with the developer's own, and so that Ray workers (started by the first test that needs Ray,
+# whose environment they copy) sign their S3 requests to moto too.
+os.environ.update(
+    {
+        "AWS_ACCESS_KEY_ID": S3_TEST_KEY_ID,
+        "AWS_SECRET_ACCESS_KEY": S3_TEST_SECRET,
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+)
+for _var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"):
+    os.environ.pop(_var, None)
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A moto S3 server on 127.0.0.1 for the whole session: ``{"endpoint": URL, "env": {...}}``.
+
+    ``env`` holds fake credentials and the endpoint (``AWS_ENDPOINT_URL``); tests apply it with
+    ``monkeypatch.setenv`` (see ``s3_env``). moto keeps its state in memory until it is stopped.
+    """
+    import logging
+
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    env = {
+        "AWS_ACCESS_KEY_ID": S3_TEST_KEY_ID,
+        "AWS_SECRET_ACCESS_KEY": S3_TEST_SECRET,
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    yield {"endpoint": endpoint, "env": env}
+    server.stop()
+
+
+@pytest.fixture
+def s3_env(s3_server, monkeypatch):
+    """The moto server's endpoint and fake credentials in the environment of one test."""
+    for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3", "AWS_REGION"):
+        monkeypatch.delenv(var, raising=False)
+    for k, v in s3_server["env"].items():
+        monkeypatch.setenv(k, v)
+    return s3_server
+
+
+@pytest.fixture
+def s3_bucket(s3_env, request) -> str:
+    """A fresh, empty bucket on the moto server (environment set by ``s3_env``); yields its name."""
+    import re
+    import uuid
+
+    import boto3
+
+    name = re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:40].strip("-")
+    bucket = f"{name}-{uuid.uuid4().hex[:8]}"
+    boto3.client("s3", endpoint_url=s3_env["endpoint"]).create_bucket(Bucket=bucket)
+    return bucket
