@@ -52,18 +52,24 @@ def source_options(fn: Callable) -> Callable:
     opts = [
         click.option("--config", "config", type=click.Path(), help="YAML recipe (see pipelines/)."),
         click.option(
-            "--synthetic-captions", multiple=True, help="Synthetic captions JSONL keyed by image sha256 or id."
+            "--synthetic-captions",
+            multiple=True,
+            help="Synthetic captions JSONL keyed by image sha256 or id.",
         ),
         click.option("--text", multiple=True, help="Text docs: JSONL(.gz/.zst) Dolma/C4, or Parquet."),
         click.option(
-            "--interleaved", multiple=True, help="Interleaved docs: MMC4 jsonl[@IMAGE_DIR], OBELICS parquet, .zim."
+            "--interleaved",
+            multiple=True,
+            help="Interleaved docs: MMC4 jsonl[@IMAGE_DIR], OBELICS parquet, .zim.",
         ),
         click.option(
             "--captions",
             multiple=True,
             help="Caption pairs: COCO json@IMAGE_DIR, WebDataset tars, Parquet/CSV. [FORMAT:]PATH, repeatable.",
         ),
-        click.option("--ray-address", default=None, help="Join an existing Ray cluster instead of a local one."),
+        click.option(
+            "--ray-address", default=None, help="Join an existing Ray cluster instead of a local one."
+        ),
     ]
     for opt in opts:
         fn = opt(fn)
@@ -97,7 +103,9 @@ def recipe_from_options(
 
 @main.command()
 @source_options
-@click.option("--output", default="./mm1data-ingest", show_default=True, help="Output folder (local or s3://).")
+@click.option(
+    "--output", default="./mm1data-ingest", show_default=True, help="Output folder (local or s3://)."
+)
 @click.option("--quiet", is_flag=True, help="No progress output.")
 def ingest(output: str, quiet: bool, **source_kw: Any) -> None:
     """Read raw sources into normalized Parquet per stream, rejects, and stats.json.
@@ -130,16 +138,57 @@ def filter_cmd(input_dir: str, output: str, config: str | None) -> None:
             click.echo(f"{line}  {dropped}")
 
 
+@main.command("dedup")
+@click.option(
+    "--input", "input_dir", required=True, type=click.Path(), help="`mm1data ingest` or `filter` output."
+)
+@click.option("--output", required=True, type=click.Path(), help="Output folder.")
+@click.option("--config", "config", type=click.Path(), help="YAML recipe; its `dedup:` section is used.")
+def dedup_cmd(input_dir: str, output: str, config: str | None) -> None:
+    """Remove exact and near duplicates across streams: kept Parquet, rejects/, stats.json."""
+    from mm1data.dedup.job import run_dedup
+
+    recipe = load_recipe(config) if config else Recipe()
+    stats = run_dedup(recipe, input_dir, output)
+    for stream, s in stats["streams"].items():
+        click.echo(f"{stream}: read {s['read']}, kept {s['kept']}, rejected {s['rejected']}")
+    for ph in stats["phases"]:
+        dropped = ", ".join(f"{k}={v}" for k, v in ph["dropped"].items()) or "-"
+        click.echo(f"  {ph['phase']:<14} in {ph['in']:>7} {ph['unit']:<14} kept {ph['kept']:>7}  {dropped}")
+    steps = ", ".join(f"{k} {v:.2f}s" for k, v in stats["steps"].items())
+    click.echo(f"  steps: {steps}; total {stats['seconds']:.2f}s")
+
+
 @main.command()
 @source_options
 @click.option("--output", default="./mm1data-out", show_default=True, help="Output folder (local or s3://).")
-@click.option("--mix", default=None, help="caption:interleaved:text weights, e.g. 45:45:10, or name=weight,...")
-def build(output: str, mix: str | None, **source_kw: Any) -> None:
+@click.option("--mix", default=None, help="caption:interleaved:text, e.g. 45:45:10, or caption=40,text=10,...")
+@click.option("--mix-unit", type=click.Choice(["tokens", "examples", "sequences"]), default=None)
+@click.option("--upsample", is_flag=True, default=None, help="Repeat short streams instead of cutting long ones.")
+@click.option("--seed", type=int, default=None, help="Caption choice, selection and order seed.")
+@click.option("--pack-mode", type=click.Choice(["mixed", "per-stream"]), default=None)
+@click.option("--tokenizer", default=None, help="tokenizer.json (default: the bundled GPT-2 one).")
+@click.option("--shard-size", type=int, default=None, help="Sequences per shard (at most).")
+@click.option("--workers", type=int, default=None, help="Ray workers for tokenize and write.")
+@click.option("--quiet", is_flag=True, help="No summary table.")
+def build(output: str, quiet: bool, **kw: Any) -> None:
     """Ingest, filter, dedup, tokenize, pack and mix into WebDataset shards plus manifest.json.
 
-    Not built yet (see the open build issue).
+    With no source flags and no --config, builds the bundled sample (pipelines/sample.yaml).
+    These flags override the recipe's `build:` section (see BuildConfig for every field).
     """
-    raise UsageError("`mm1data build` is not implemented yet")
+    from mm1data.build import run_build
+    from mm1data.config import BuildConfig, from_dict
+    from mm1data.report import print_build_summary
+
+    names = ("mix", "mix_unit", "upsample", "seed", "pack_mode", "tokenizer", "shard_size", "workers")
+    given = {k: kw.pop(k) for k in names}
+    recipe = recipe_from_options(**kw)
+    given = {k: v for k, v in given.items() if v is not None}
+    cfg = from_dict(BuildConfig, {**to_dict(recipe.build), **given}, where="build")
+    stats = run_build(dataclasses.replace(recipe, build=cfg), output)
+    if not quiet:
+        print_build_summary(stats)
 
 
 @main.group()
@@ -149,24 +198,133 @@ def inspect() -> None:
 
 @inspect.command("shard")
 @click.argument("path")
-def inspect_shard(path: str) -> None:
-    """Summarize one shard: sequences, fill, images, tokens per stream, integrity check. (Not built yet.)"""
-    raise UsageError("`mm1data inspect shard` is not implemented yet")
+@click.option("--sample", "n_sample", type=int, default=0, help="Render the first N sequences as text.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.option("--export-images", type=click.Path(), default=None, help="Write the shard's images to DIR.")
+@click.option("--tokenizer", default=None, help="tokenizer.json for --sample (default: the bundled one).")
+def inspect_shard(
+    path: str, n_sample: int, as_json: bool, export_images: str | None, tokenizer: str | None
+) -> None:
+    """Summarize one shard: sequences, fill, images, tokens per stream, and an integrity check of
+    every sequence (exit code 1 when any invariant is broken)."""
+    import json
+    import posixpath
+
+    from mm1data.shards import inspect as si
+
+    summary = si.shard_summary(path)
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+    elif summary.get("sequences"):
+        ips = summary["images_per_sequence"]
+        click.echo(f"shard      {summary['path']} ({summary['bytes'] / 1e6:.1f} MB)")
+        click.echo(f"sequences  {summary['sequences']} × {summary['seq_len']} tokens")
+        click.echo(f"fill       {summary['fill']:.2%}")
+        per_seq = f"per sequence min {ips['min']}, mean {ips['mean']}, max {ips['max']}"
+        click.echo(f"images     {summary['images']} ({per_seq})")
+        for stream, n in summary["tokens"].items():
+            click.echo(f"  {stream:<18} {n:>10} tokens {summary['examples'][stream]:>7} examples")
+    if summary["ok"] and (n_sample or export_images):
+        samples = si.read_shard_bytes(si.read_bytes(path))
+        try:
+            manifest = si.read_manifest(posixpath.dirname(path) or ".")
+        except UsageError:
+            manifest = None
+        contract = si.infer_contract(samples, manifest)
+        if n_sample:
+            from mm1data.tokens.tokenizer import TextTokenizer
+
+            tok = TextTokenizer(tokenizer)
+            markers = tuple(t for t in (contract.image_start, contract.image_end) if t is not None)
+            for s in samples[:n_sample]:
+                click.echo(f"\n════ sequence {s.key}")
+                click.echo(si.render_sample(s, tok.decode, contract.image_size, contract.image, markers))
+        if export_images:
+            written = [p for s in samples for p in si.export_images(s, export_images)]
+            click.echo(f"exported {len(written)} images to {export_images}")
+    if not summary["ok"]:
+        for line in summary["problems"][:50]:
+            click.echo(f"BROKEN {line}", err=True)
+        click.echo(f"integrity check FAILED: {len(summary['problems'])} problems in {path}", err=True)
+        sys.exit(1)
+    if not as_json:
+        click.echo("integrity  ok (lengths, segments, positions, loss mask, slots and images, spans, sha256)")
 
 
 @inspect.command("dataset")
 @click.argument("path")
-def inspect_dataset(path: str) -> None:
-    """Show a dataset's manifest as a table; --verify re-hashes every shard. (Not built yet.)"""
-    raise UsageError("`mm1data inspect dataset` is not implemented yet")
+@click.option("--verify", is_flag=True, help="Re-hash every shard against the manifest (exit 1 on mismatch).")
+def inspect_dataset(path: str, verify: bool) -> None:
+    """Show a dataset's manifest (local folder or s3:// prefix) as a table; --verify re-hashes every shard."""
+    import json
+
+    from mm1data.shards.inspect import read_manifest, verify_dataset
+
+    m = read_manifest(path)
+    mix = m.get("mix", {})
+    tok = m.get("tokenizer", {})
+    rows = [
+        ("format", f"{m['format']} v{m.get('version')}"),
+        ("layout", f"seq_len {m['seq_len']}, image_tokens {m['image_tokens']}, max_images {m['max_images']}"),
+        ("images", f"{m['image_size']}² JPEG q{m.get('jpeg_quality')}"),
+        ("tokenizer", f"{tok.get('name')} vocab {tok.get('vocab_size')} sha256 {tok.get('sha256')}"),
+        ("special tokens", json.dumps(m.get("special_tokens"))),
+        ("mix target", f"{json.dumps(mix.get('target'))} by {mix.get('unit')}"),
+        ("mix realized", json.dumps(mix.get("realized"))),
+        ("epochs", json.dumps(m.get("epochs"))),
+        ("totals", json.dumps(m.get("totals"))),
+        ("mm1data", str(m.get("mm1data_version"))),
+    ]
+    for name, value in rows:
+        click.echo(f"{name:<15} {value}")
+    streams = sorted({k for s in m["shards"] for k in s.get("tokens", {})})
+    header = "".join(f"{s:>20}" for s in streams)
+    click.echo(f"\n{'shard':<20}{'sequences':>10}{'images':>8}{'MB':>8}{header}   (tokens per stream)")
+    for s in m["shards"]:
+        tokens = "".join(f"{s.get('tokens', {}).get(k, 0):>20}" for k in streams)
+        size = s["bytes"] / 1e6
+        click.echo(f"{s['path']:<20}{s['sequences']:>10}{s.get('images', 0):>8}{size:>8.1f}{tokens}")
+    if verify:
+        results = verify_dataset(path, m)
+        bad = [r for r in results if not r["ok"]]
+        for r in bad:
+            click.echo(f"MISMATCH {r['path']}: {r['problem']}", err=True)
+        if bad:
+            click.echo(f"verify FAILED: {len(bad)} of {len(results)} shards", err=True)
+            sys.exit(1)
+        click.echo(f"verify ok: {len(results)} shards match their sha256 and size")
 
 
 @main.command()
-@click.argument("src")
+@click.argument("src", type=click.Path())
 @click.argument("dest")
-def publish(src: str, dest: str) -> None:
-    """Upload a local build to s3://bucket/prefix, verified, manifest.json last. (Not built yet.)"""
-    raise UsageError("`mm1data publish` is not implemented yet")
+@click.option(
+    "--endpoint-url", default=None, help="S3-compatible endpoint (MinIO, R2); else $AWS_ENDPOINT_URL."
+)
+@click.option("--workers", type=int, default=8, show_default=True, help="Shards uploaded in parallel.")
+def publish(src: str, dest: str, endpoint_url: str | None, workers: int) -> None:
+    """Upload the local build SRC to DEST (s3://bucket/prefix), verified, manifest.json last.
+
+    Each shard's size and sha256 are checked against the manifest after upload; rerunning a
+    publish that died skips shards already stored with the right hash.
+    """
+    from mm1data.shards.publish import PublishError
+    from mm1data.shards.publish import publish as run_publish
+
+    def show(event: str, name: str) -> None:
+        click.echo(f"{event:>8} {name}", err=True)
+
+    try:
+        report = run_publish(src, dest, endpoint_url=endpoint_url, workers=workers, progress=show)
+    except PublishError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(1)
+    uploaded, skipped = len(report.uploaded), len(report.skipped)
+    size, secs = report.bytes_uploaded / 1e6, report.seconds
+    click.echo(
+        f"published {report.dest}: {uploaded} shards uploaded, {skipped} already there, "
+        f"{size:.1f} MB in {secs:.1f}s ({report.mb_per_s:.1f} MB/s), all verified"
+    )
 
 
 @main.command()

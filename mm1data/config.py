@@ -193,6 +193,59 @@ class FilterConfig:
 
 
 @dataclass(frozen=True)
+class DedupConfig:
+    """Exact and near-duplicate removal across all streams, and optional decontamination.
+
+    MinHash: word ``ngram`` shingles (5, as datatrove and FineWeb), ``num_perm`` = ``bands`` ×
+    ``rows`` values. 32 bands of 4 rows make a candidate S-curve with its midpoint near Jaccard
+    0.45, so pairs at 0.8 are almost always candidates; a candidate then merges only when its
+    estimated Jaccard (share of equal signature values) is at least ``threshold``. Simulated with
+    ideal hashes, detection is 99.6 % at Jaccard 0.8, 90 % at 0.75, 51 % at 0.7 and 1 % at 0.6.
+    Images: a 64-bit perceptual hash (``phash`` or ``dhash``) within ``hamming_radius`` bits; 8
+    finds 97 % of COCO images re-encoded at JPEG q40, resized to 80 % and cropped 2 % per side,
+    while the 159 distinct COCO images are all at least 14 bits apart.
+    Survivor rule (``survivor``): ``quality`` = highest ``quality_score``, then caption before
+    interleaved before text, then smallest id. Decontamination drops text docs containing at least
+    ``decontaminate_threshold`` of an eval text's shingles, and images within the radius of an
+    eval image (paths: ``.txt`` = one eval text per line, ``.jsonl[.gz]`` with a ``text`` field;
+    image files or folders)."""
+
+    exact_text: bool = True
+    exact_image: bool = True
+    minhash: bool = True
+    image_hash: bool = True
+    ngram: int = 5
+    num_perm: int = 128
+    bands: int = 32
+    rows: int = 4
+    threshold: float = 0.7
+    seed: int = 1
+    image_hash_kind: str = "phash"
+    hamming_radius: int = 8
+    survivor: str = "quality"
+    decontaminate_texts: tuple[str, ...] = ()
+    decontaminate_images: tuple[str, ...] = ()
+    decontaminate_threshold: float = 0.8
+
+    def __post_init__(self) -> None:
+        if self.bands * self.rows != self.num_perm:
+            raise UsageError(
+                f"dedup: bands × rows ({self.bands} × {self.rows}) must equal num_perm {self.num_perm}"
+            )
+        if not 1 <= self.ngram <= 32:
+            raise UsageError(f"dedup.ngram must be in 1..32, got {self.ngram}")
+        if self.image_hash_kind not in ("phash", "dhash"):
+            raise UsageError(f"dedup.image_hash_kind must be phash or dhash, got {self.image_hash_kind!r}")
+        if not 0 <= self.hamming_radius <= 31:
+            raise UsageError(f"dedup.hamming_radius must be in 0..31, got {self.hamming_radius}")
+        if self.survivor != "quality":
+            raise UsageError(f"dedup.survivor: only 'quality' is defined, got {self.survivor!r}")
+        for name in ("threshold", "decontaminate_threshold"):
+            if not 0.0 < getattr(self, name) <= 1.0:
+                raise UsageError(f"dedup.{name} must be in (0, 1]")
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     """``mm1data train``: data, model preset (+ field overrides), optimisation, parallelism, checkpoints."""
 
@@ -227,6 +280,54 @@ class TrainConfig:
 
 
 @dataclass(frozen=True)
+class BuildConfig:
+    """``mm1data build``: tokenize, pack and mix into ``mm1data/packed-v1`` shards.
+
+    Defaults are MM1's final recipe (McKinzie et al. 2024, Sec. 3.4 and 5): 4096-token sequences,
+    144 tokens per image at 378×378, at most 16 images per sequence, 45:45:10 caption :
+    interleaved : text by tokens. ``tokenizer`` None is the bundled GPT-2 ``tokenizer.json``.
+    ``mix``: ``45:45:10`` (caption:interleaved:text) or ``caption=40,synthetic_caption=5,...``;
+    ``mix_unit``: ``tokens`` (text + image-slot tokens, no padding), ``examples`` or ``sequences``
+    (which packs per stream). ``synthetic_ratio``: share of caption pairs with a synthetic caption
+    that use it (None: the mix's synthetic_caption share of all captions, 0 if it names none).
+    ``shard_size``: sequences per shard; ``shard_bytes`` (if set) also caps a shard's
+    estimated size. ``pack_window``: examples per best-fit-decreasing window (0: a whole shard)."""
+
+    seq_len: int = 4096
+    image_tokens: int = 144
+    max_images: int = 16
+    image_size: int = 378
+    image_markers: bool = True  # <image_start> ... <image_end> around each slot (loss 0 on them)
+    jpeg_quality: int = 90
+    tokenizer: str | None = None
+    mix: str = "45:45:10"
+    mix_unit: str = "tokens"
+    upsample: bool = False
+    seed: int = 0
+    pack_mode: str = "mixed"
+    shard_size: int = 1000
+    shard_bytes: int | None = None
+    pack_window: int = 0
+    synthetic_ratio: float | None = None
+    workers: int | None = None  # Ray workers for tokenize and write (None: the CPUs Ray has)
+
+    def __post_init__(self) -> None:
+        slot = self.image_tokens + (2 if self.image_markers else 0)
+        if self.seq_len < 8 or self.image_tokens < 1 or self.max_images < 1:
+            raise UsageError("build: seq_len >= 8, image_tokens >= 1 and max_images >= 1 are required")
+        if slot + 2 > self.seq_len:
+            raise UsageError(f"build: an image slot ({slot} tokens) does not fit seq_len {self.seq_len}")
+        if self.mix_unit not in ("tokens", "examples", "sequences"):
+            raise UsageError(f"build.mix_unit must be tokens, examples or sequences, got {self.mix_unit!r}")
+        if self.pack_mode not in ("mixed", "per-stream"):
+            raise UsageError(f"build.pack_mode must be mixed or per-stream, got {self.pack_mode!r}")
+        if self.shard_size < 1 or self.image_size < 8 or not 1 <= self.jpeg_quality <= 100:
+            raise UsageError("build: shard_size >= 1, image_size >= 8, jpeg_quality in 1..100 required")
+        if self.synthetic_ratio is not None and not 0.0 <= self.synthetic_ratio <= 1.0:
+            raise UsageError("build.synthetic_ratio must be in [0, 1]")
+
+
+@dataclass(frozen=True)
 class Recipe:
     """A whole job description, loaded from YAML (see ``pipelines/``)."""
 
@@ -234,7 +335,9 @@ class Recipe:
     ingest: IngestConfig = field(default_factory=IngestConfig)
     ray: RayConfig = field(default_factory=RayConfig)
     filters: FilterConfig = field(default_factory=FilterConfig)
+    dedup: DedupConfig = field(default_factory=DedupConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    build: BuildConfig = field(default_factory=BuildConfig)
 
 
 def _convert(value: Any, tp: Any, where: str) -> Any:

@@ -18,3 +18,53 @@ def print_stats(stats: dict) -> None:
             click.echo(f"  item rejects {name:<10}{reason:<40}{n:>8}")
     if "wall_s" in stats:
         click.echo(f"wall time {stats['wall_s']:.1f} s (Ray start {stats.get('ray_start_s', 0):.1f} s)")
+
+
+def print_build_summary(stats: dict) -> None:
+    """The ``mm1data build`` summary: records per stage, rejects by reason, examples, mix, fill, shards."""
+    phases = ("ingest", "filter", "dedup")
+    click.echo(
+        f"{'stream':<14}{'read':>8}{'ingest':>8}{'filter':>8}{'dedup':>8}   (records kept after each stage)"
+    )
+    for name, s in stats["streams"].items():
+        lost = {p: 0 for p in phases}
+        for key, n in s["rejected_by_reason"].items():
+            stage = key.split("/", 1)[0]
+            lost[stage if stage in ("ingest", "dedup") else "filter"] += n
+        alive, cells = s["read"], []
+        for p in phases:
+            alive -= lost[p]
+            cells.append(alive)
+        click.echo(f"{name:<14}{s['read']:>8}" + "".join(f"{c:>8}" for c in cells))
+    click.echo("rejects by reason:")
+    for name, s in stats["streams"].items():
+        for reason, n in s["rejected_by_reason"].items():
+            click.echo(f"  {name:<14}{reason:<44}{n:>8}")
+        for reason, n in s.get("item_rejects_by_reason", {}).items():
+            click.echo(f"  {name + ' item':<14}{reason:<44}{n:>8}")
+    ex = stats["examples"]
+    for key, n in ex["rejected_by_reason"].items():
+        stream, stage, reason = key.split("/", 2)
+        click.echo(f"  {stream:<14}{stage + '/' + reason + ' (examples)':<44}{n:>8}")
+    click.echo(f"{'examples':<20}{'rendered':>10}{'used':>10}{'placed':>10}{'epochs':>10}")
+    for name, n in ex["rendered"].items():
+        used, placed = ex["used"].get(name, 0), ex["placed_with_repeats"].get(name, 0)
+        click.echo(f"{name:<20}{n:>10}{used:>10}{placed:>10}{stats['epochs'].get(name, 0):>10.3f}")
+    mix = stats["mix"]
+    click.echo(
+        f"mix by {mix['unit']}: "
+        + ", ".join(
+            f"{k} {100 * v:.1f}% → {100 * mix['realized'].get(k, 0):.2f}%" for k, v in mix["target"].items()
+        )
+    )
+    t = stats["totals"]
+    share = 100 * t["fill"] / max(t["attainable_fill"], 1e-9)
+    click.echo(
+        f"packed {t['examples']} examples into {t['sequences']} sequences in {t['shards']} shards: "
+        f"{t['tokens']:,} tokens, {t['images']} images, fill {t['fill']:.4f} "
+        f"(attainable {t['attainable_fill']:.4f}, {share:.1f}% of it)"
+    )
+    timing = ", ".join(f"{k} {v:.1f}s" for k, v in stats["timings_s"].items())
+    click.echo(
+        f"wrote {stats['output']} ({t['bytes']:,} bytes); wall time {stats['wall_s']:.1f} s ({timing})"
+    )

@@ -1,0 +1,115 @@
+"""Exact duplicates: a hash of normalized text (text docs and interleaved docs' text, one index)
+and the sha256 of image bytes (caption images and images inside interleaved docs, one index).
+
+Text is normalized by Unicode lower case and collapsing every run of white space to one space,
+so copies that differ only in case or layout are caught here, before MinHash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterator
+
+import numpy as np
+import pyarrow as pa
+
+from mm1data.dedup.components import item_member, record_member
+from mm1data.filters.words import table_texts
+from mm1data.stages import live_mask
+
+ENTRY = pa.schema([("key", pa.string()), ("member", pa.string()), ("quality", pa.float64())])
+"""One indexed member per row: its bucket key, name and ``quality_score`` (NaN when missing)."""
+
+_SPACE = re.compile(r"\s+")
+
+
+def normalize_text(text: str) -> str:
+    """Lower case, white space collapsed, ends stripped."""
+    return _SPACE.sub(" ", text.lower()).strip()
+
+
+def text_key(text: str) -> str:
+    """Hex blake2b-128 of the normalized text."""
+    return hashlib.blake2b(normalize_text(text).encode(), digest_size=16).hexdigest()
+
+
+def _quality(table: pa.Table) -> list[float]:
+    if "quality_score" not in table.column_names:
+        return [float("nan")] * table.num_rows
+    return [float("nan") if q is None else float(q) for q in table.column("quality_score").to_pylist()]
+
+
+def live_texts(table: pa.Table, stream: str) -> tuple[list[str], list[str], list[float]]:
+    """(members, texts, qualities) of the live records of a text or interleaved batch that have text."""
+    live = live_mask(table)
+    ids = table.column("id").to_pylist()
+    texts = table_texts(table)
+    quality = _quality(table)
+    rows = [i for i in np.flatnonzero(live) if texts[i].strip()]
+    return [record_member(stream, ids[i]) for i in rows], [texts[i] for i in rows], [quality[i] for i in rows]
+
+
+def live_images(table: pa.Table, stream: str) -> Iterator[tuple[str, float, bytes | None, str | None]]:
+    """(member, quality, image bytes, sha256) of every image of the live records of a caption or
+    interleaved batch: the pair's image, or each image item of a doc."""
+    live = live_mask(table)
+    ids = table.column("id").to_pylist()
+    quality = _quality(table)
+    if stream == "caption":
+        images = table.column("image").to_pylist()
+        shas = table.column("image_sha256").to_pylist()
+        for i in np.flatnonzero(live):
+            if images[i] is not None:
+                yield record_member(stream, ids[i]), quality[i], images[i], shas[i]
+        return
+    items_col = table.column("items").to_pylist()
+    for i in np.flatnonzero(live):
+        for k, item in enumerate(items_col[i] or []):
+            if item["kind"] == "image" and item.get("image") is not None:
+                yield item_member(ids[i], item, k), quality[i], item["image"], item.get("image_sha256")
+
+
+def text_entries(table: pa.Table, stream: str) -> pa.Table:
+    """:data:`ENTRY` rows keyed by the normalized-text hash."""
+    members, texts, quality = live_texts(table, stream)
+    return pa.table([[text_key(t) for t in texts], members, quality], schema=ENTRY)
+
+
+def image_entries(table: pa.Table, stream: str) -> pa.Table:
+    """:data:`ENTRY` rows keyed by the sha256 of the image bytes."""
+    rows = [
+        (sha or hashlib.sha256(data).hexdigest(), member, q)
+        for member, q, data, sha in live_images(table, stream)
+    ]
+    return pa.table([list(c) for c in zip(*rows, strict=True)] if rows else [[], [], []], schema=ENTRY)
+
+
+def exact_pairs(group: pa.Table) -> pa.Table:
+    """Pairs of one key group (all members identical): the first member with each other one."""
+    members = sorted(group.column("member").to_pylist())
+    quality = dict(zip(group.column("member").to_pylist(), group.column("quality").to_pylist(), strict=True))
+    first = members[0]
+    others = members[1:]
+    return pa.table(
+        {
+            "a": [first] * len(others),
+            "b": others,
+            "sim": [1.0] * len(others),
+            "qa": [quality[first]] * len(others),
+            "qb": [quality[m] for m in others],
+        },
+        schema=PAIR,
+    )
+
+
+PAIR = pa.schema(
+    [
+        ("a", pa.string()),
+        ("b", pa.string()),
+        ("sim", pa.float64()),
+        ("qa", pa.float64()),
+        ("qb", pa.float64()),
+    ]
+)
+"""A duplicate pair found in a bucket: members, similarity, and both quality scores."""
