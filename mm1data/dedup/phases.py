@@ -9,8 +9,9 @@
    (``map_groups``): exact groups as they are, MinHash pairs confirmed by the estimated Jaccard
    of the full signatures, image pairs within the Hamming radius;
 3. **components** (one task in the driver: it sees member names and pairs only): decontaminated
-   members first, then exact duplicates among the rest, then near duplicates among the
-   survivors, each with union-find and the survivor rule of :mod:`mm1data.dedup.components`;
+   members first, then exact and near-duplicate texts, then exact and near-duplicate images,
+   each kind among the members still alive (an image item is gone with its doc), with union-find
+   and the survivor rule of :mod:`mm1data.dedup.components`;
 4. **filter** (``map_batches``): removed members become rejects or item rejects.
 
 Everything in 2-3 is sorted by member name, so survivors do not depend on blocks or workers.
@@ -33,7 +34,10 @@ from mm1data.dedup.components import apply_removals, resolve
 from mm1data.dedup.exact import image_entries, live_images, live_texts, text_entries
 
 KINDS = ("decontaminate", "exact_text", "exact_image", "minhash_text", "image_hash")
-"""Dedup kinds, in the order their removals are decided."""
+"""Dedup kinds; a row's ``kind`` is an index into this tuple."""
+ORDER = ("decontaminate", "exact_text", "minhash_text", "exact_image", "image_hash")
+"""The order removals are decided in: text kinds before image kinds, so an image inside a doc
+that is removed as a whole never survives (or wins) an image cluster."""
 UNITS = {
     "decontaminate": "records+images",
     "exact_text": "records",
@@ -340,7 +344,7 @@ def _group(rows, cfg: DedupConfig) -> list[dict]:
 
 
 def resolve_all(run: DedupRun, pairs: list[dict], decontam: list[dict]) -> None:
-    """Decide removals kind by kind: decontaminated, exact among the rest, near among survivors."""
+    """Decide removals kind by kind in :data:`ORDER`, each among the members still alive."""
     removed = run.removals
     run.dropped = {k: Counter() for k in KINDS}
     for r in sorted(decontam, key=lambda r: r["member"]):
@@ -351,24 +355,33 @@ def resolve_all(run: DedupRun, pairs: list[dict], decontam: list[dict]) -> None:
     by_kind: dict[int, list[dict]] = defaultdict(list)
     for p in pairs:
         by_kind[p["kind"]].append(p)
-    for kind in (1, 2):  # exact: star from the first remaining member of each digest group
-        groups: dict[str, dict[str, float]] = defaultdict(dict)
-        for p in by_kind[kind]:
-            if p["b"] not in removed:
-                groups[p["a"]][p["b"]] = p["qa"]
+    for name in ORDER[1:]:
+        kind = KINDS.index(name)
+        if name.startswith("exact"):  # star from the first remaining member of each digest group
+            groups: dict[str, dict[str, float]] = defaultdict(dict)
+            for p in by_kind[kind]:
+                if not _gone(p["b"], removed):
+                    groups[p["a"]][p["b"]] = p["qa"]
+            edges, quality = [], {}
+            for g in groups.values():
+                ms = sorted(g)
+                quality.update(g)
+                edges += [(ms[0], m, 1.0) for m in ms[1:]]
+            _record(run, name, "exact_duplicate", resolve(edges, quality))
+            continue
         edges, quality = [], {}
-        for g in groups.values():
-            ms = sorted(g)
-            quality.update(g)
-            edges += [(ms[0], m, 1.0) for m in ms[1:]]
-        _record(run, KINDS[kind], "exact_duplicate", resolve(edges, quality))
-    for kind in (3, 4):  # near: only pairs of members that are still alive
-        edges, quality = [], {}
-        for p in by_kind[kind]:
-            if p["a"] not in removed and p["b"] not in removed:
+        for p in by_kind[kind]:  # near: only pairs of members that are still alive
+            if not _gone(p["a"], removed) and not _gone(p["b"], removed):
                 edges.append((p["a"], p["b"], p["sim"]))
                 quality[p["a"]], quality[p["b"]] = p["qa"], p["qb"]
-        _record(run, KINDS[kind], "near_duplicate", resolve(sorted(edges), quality))
+        _record(run, name, "near_duplicate", resolve(sorted(edges), quality))
+
+
+def _gone(member: str, removed: dict) -> bool:
+    """True when ``member``, or the interleaved doc an image item belongs to, is removed."""
+    if member in removed:
+        return True
+    return member.startswith("interleaved:") and "#" in member and member.rsplit("#", 1)[0] in removed
 
 
 def _record(run: DedupRun, kind: str, reason: str, resolved: dict[str, tuple[str, float]]) -> None:
@@ -388,14 +401,23 @@ def apply_all(streams: dict, removals: dict, stage: str = "dedup") -> dict:
     }
 
 
+def _removed_by(run: DedupRun, member: str) -> str | None:
+    """The kind that removed ``member`` or, for an image item, its doc."""
+    if member in run.removed_by:
+        return run.removed_by[member]
+    if member.startswith("interleaved:") and "#" in member:
+        return run.removed_by.get(member.rsplit("#", 1)[0])
+    return None
+
+
 def phase_stats(run: DedupRun) -> list[dict]:
     """Per dedup kind: in (members indexed and still alive after earlier kinds), kept, dropped per reason."""
     out = []
-    for kind in KINDS:
+    for kind in ORDER:
         if kind not in run.indexed:
             continue
-        earlier = set(KINDS[: KINDS.index(kind)])
-        n = sum(1 for m in run.members[kind] if run.removed_by.get(m) not in earlier)
+        earlier = set(ORDER[: ORDER.index(kind)])
+        n = sum(1 for m in run.members[kind] if _removed_by(run, m) not in earlier)
         dropped = dict(sorted(run.dropped.get(kind, Counter()).items()))
         out.append(
             {

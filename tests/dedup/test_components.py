@@ -25,3 +25,22 @@ def test_components_are_transitive_and_order_independent():
     b = resolve(list(reversed(pairs)), {})
     assert a == b
     assert a == {"text:2": ("text:1", 0.9), "text:3": ("text:1", 0.8), "text:5": ("text:4", 0.95)}
+
+
+def test_image_of_a_removed_doc_never_wins_an_image_cluster():
+    from mm1data.dedup.phases import DedupRun, resolve_all
+
+    # doc X is a text duplicate of T (which scores higher); X's image #1 has the bytes of caption C
+    q = {"text:T": 0.95, "interleaved:X": 0.9, "interleaved:X#1": 0.9, "caption:C": 0.5}
+    pairs = [
+        {"kind": k, "a": d, "b": m, "sim": 1.0, "qa": q[m], "qb": q[m]}
+        for k, d, m in [
+            (1, "d1", "text:T"),
+            (1, "d1", "interleaved:X"),
+            (2, "d2", "interleaved:X#1"),
+            (2, "d2", "caption:C"),
+        ]
+    ]
+    run = DedupRun()
+    resolve_all(run, pairs, [])
+    assert run.removals == {"interleaved:X": ("exact_duplicate", "text:T", 1.0)}  # the picture stays via C
