@@ -65,7 +65,7 @@ def source_options(fn: Callable) -> Callable:
         click.option(
             "--captions",
             multiple=True,
-            help="Caption pairs: COCO json@IMAGE_DIR, WebDataset tars, Parquet/CSV. [FORMAT:]PATH, repeatable.",
+            help="Caption pairs: COCO json@IMAGES, WebDataset tars, Parquet/CSV. [FORMAT:]PATH, repeatable.",
         ),
         click.option(
             "--ray-address", default=None, help="Join an existing Ray cluster instead of a local one."
@@ -162,9 +162,13 @@ def dedup_cmd(input_dir: str, output: str, config: str | None) -> None:
 @main.command()
 @source_options
 @click.option("--output", default="./mm1data-out", show_default=True, help="Output folder (local or s3://).")
-@click.option("--mix", default=None, help="caption:interleaved:text, e.g. 45:45:10, or caption=40,text=10,...")
+@click.option(
+    "--mix", default=None, help="caption:interleaved:text, e.g. 45:45:10, or caption=40,text=10,..."
+)
 @click.option("--mix-unit", type=click.Choice(["tokens", "examples", "sequences"]), default=None)
-@click.option("--upsample", is_flag=True, default=None, help="Repeat short streams instead of cutting long ones.")
+@click.option(
+    "--upsample", is_flag=True, default=None, help="Repeat short streams instead of cutting long ones."
+)
 @click.option("--seed", type=int, default=None, help="Caption choice, selection and order seed.")
 @click.option("--pack-mode", type=click.Choice(["mixed", "per-stream"]), default=None)
 @click.option("--tokenizer", default=None, help="tokenizer.json (default: the bundled GPT-2 one).")

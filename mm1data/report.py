@@ -39,13 +39,13 @@ def print_build_summary(stats: dict) -> None:
     click.echo("rejects by reason:")
     for name, s in stats["streams"].items():
         for reason, n in s["rejected_by_reason"].items():
-            click.echo(f"  {name:<14}{reason:<44}{n:>8}")
+            click.echo(f"  {name:<18}{reason:<44}{n:>8}")
         for reason, n in s.get("item_rejects_by_reason", {}).items():
-            click.echo(f"  {name + ' item':<14}{reason:<44}{n:>8}")
+            click.echo(f"  {name + ' item':<18}{reason:<44}{n:>8}")
     ex = stats["examples"]
     for key, n in ex["rejected_by_reason"].items():
         stream, stage, reason = key.split("/", 2)
-        click.echo(f"  {stream:<14}{stage + '/' + reason + ' (examples)':<44}{n:>8}")
+        click.echo(f"  {stream:<18}{stage + '/' + reason + ' (examples)':<44}{n:>8}")
     click.echo(f"{'examples':<20}{'rendered':>10}{'used':>10}{'placed':>10}{'epochs':>10}")
     for name, n in ex["rendered"].items():
         used, placed = ex["used"].get(name, 0), ex["placed_with_repeats"].get(name, 0)

@@ -104,15 +104,21 @@ def select(
             "(give that source, or leave the stream out of --mix)"
         )
     scale = (max if upsample else min)(avail[g] / w for g, w in target.items())
+
+    def miss(used: dict[str, float]) -> float:
+        total = sum(used.values())
+        return max(abs(used[g] / total - w) for g, w in target.items()) if total else 1.0
+
     order, used = _take(groups, weight, target, seed, avail, scale)
-    total = sum(used.values())
-    if total and max(abs(used[g] / total - w) for g, w in target.items()) > RATIO_TOLERANCE:
-        # items are whole: keep the group that fell furthest short as it is, refit the others to it
+    if miss(used) > RATIO_TOLERANCE:
+        # items are whole: keep the group that fell furthest short as it is, refit the others to
+        # it, and keep whichever selection is closer to the target
         short = min(target, key=lambda g: used[g] / target[g])
         if used[short] > 0:
             order2, used2 = _take(groups, weight, target, seed, avail, used[short] / target[short])
             order2[short], used2[short] = order[short], used[short]
-            order, used = order2, used2
+            if miss(used2) < miss(used):
+                order, used = order2, used2
     return Selection(order=order, available=avail, used=used)
 
 

@@ -100,7 +100,8 @@ def open_dataset(root: str) -> PackedDataset:
             for s in manifest["shards"]
         )
         streams = sorted(
-            {k for s in manifest["shards"] for k in s.get("tokens", {})} | set(manifest.get("mix") or {})
+            {k for s in manifest["shards"] for k in s.get("tokens", {})}
+            | set((manifest.get("mix") or {}).get("target") or {})
         )
         ds = PackedDataset(
             root=root,

@@ -166,7 +166,7 @@ def write_packed_dataset(
             "vocab_size": tok.get_vocab_size(with_added_tokens=True),
         },
         "special_tokens": ids,
-        "mix": {"caption": 0.5, "text": 0.5},
+        "mix": {"target": {"caption": 0.5, "text": 0.5}, "unit": "tokens"},
         "epochs": 1,
         "shards": shards_meta,
         "build": {"by": "tests/train/shards_helper.py"},
