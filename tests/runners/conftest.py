@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,10 +36,31 @@ def ray_cluster() -> Iterator[str]:
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
     port = _free_port()
     address = f"127.0.0.1:{port}"
+    temp_dir = tempfile.mkdtemp(prefix="mm1-ray-cluster-")
     common = ["--num-cpus", "1", "--node-ip-address", "127.0.0.1", "--disable-usage-stats"]
-    _ray("start", "--head", "--port", str(port), "--include-dashboard", "false", *common, env=env)
+    head = ["--head", "--port", str(port), "--include-dashboard", "false", "--temp-dir", temp_dir]
+    _ray("start", *head, *common, env=env)
     try:
         _ray("start", "--address", address, *common, env=env)
         yield address
     finally:
-        subprocess.run([RAY, "stop", "--force"], capture_output=True, env=env, timeout=120)
+        _kill_cluster(temp_dir)
+
+
+def _kill_cluster(temp_dir: str) -> None:
+    """SIGKILL only this cluster's processes (their command lines name its temp dir).
+
+    ``ray stop --force`` would also kill the test session's own local Ray, and a driver whose
+    raylet dies exits the whole pytest process.
+    """
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if temp_dir.encode() in cmdline:
+            with contextlib.suppress(OSError):
+                os.kill(int(proc.name), signal.SIGKILL)
+    shutil.rmtree(temp_dir, ignore_errors=True)

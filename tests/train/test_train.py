@@ -147,14 +147,7 @@ def test_train_usage_errors_are_one_line(tmp_path: Path, packed_dataset: Path) -
     assert result.exit_code == 2 and "unknown key 'stepz'" in result.output
 
 
-def test_trains_on_the_default_build_output(tmp_path: Path, request: pytest.FixtureRequest) -> None:
-    import importlib.util
-
-    if importlib.util.find_spec("mm1data.build") is None:
-        pytest.skip(
-            "`mm1data build` has not landed yet: trained on contract shards from tests/train/shards_helper.py"
-        )
-    request.getfixturevalue("ray_local")
+def test_trains_on_the_default_build_output(tmp_path: Path, ray_local) -> None:
     runner = CliRunner()
     built = runner.invoke(main, ["build", "--output", str(tmp_path / "out")])
     assert built.exit_code == 0, built.output
