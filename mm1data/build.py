@@ -19,15 +19,17 @@ import json
 import time
 from collections import Counter
 
-import fsspec
 import numpy as np
 import pyarrow as pa
 
 from mm1data import __version__
 from mm1data.config import BuildConfig, Recipe, to_dict
 from mm1data.errors import UsageError
+from mm1data.io.fs import fsspec_fs
 from mm1data.pack.mix import parse_mix
 from mm1data.pack.plan import Plan, plan_build
+from mm1data.report import StageLog
+from mm1data.runners.workdir import WorkDir, fingerprint
 from mm1data.schemas import REJECT
 from mm1data.shards.writer import FORMAT, SHARD_STATS, VERSION, write_shard
 from mm1data.tokens.render import METADATA_COLUMNS, render_batch
@@ -82,27 +84,33 @@ def route(batch: pa.Table, placements: dict[str, list[tuple[int, int, int]]]) ->
     )
 
 
-def _clear(output: str) -> None:
-    """Remove a previous build's files: manifest first, so a half-cleared folder never looks complete."""
-    fs, root = fsspec.core.url_to_fs(output)
-    root = root.rstrip("/")
+def _retract(output: str, restart: bool) -> None:
+    """Make ``output`` not look complete before anything changes: ``manifest.json`` goes first.
+    With ``restart`` every earlier file goes too (shards, rejects, stats and the ``_work`` stages)."""
+    fs, root = fsspec_fs(output)
     if fs.exists(f"{root}/manifest.json"):
         fs.rm(f"{root}/manifest.json")
-    for path in fs.glob(f"{root}/shard-*.tar"):
-        fs.rm(path)
-    for name in ("rejects", "stats.json"):
-        if fs.exists(f"{root}/{name}"):
-            fs.rm(f"{root}/{name}", recursive=True)
+    if restart:
+        for path in fs.glob(f"{root}/shard-*.tar*"):
+            fs.rm(path)
+        for name in ("rejects", "stats.json", "_work"):
+            if fs.exists(f"{root}/{name}"):
+                fs.rm(f"{root}/{name}", recursive=True)
     fs.makedirs(root, exist_ok=True)
 
 
 def _write_parquet(table: pa.Table, url: str) -> None:
     import pyarrow.parquet as pq
 
-    fs, path = fsspec.core.url_to_fs(url)
+    fs, path = fsspec_fs(url)
     fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
     with fs.open(path, "wb") as f:
         pq.write_table(table, f)
+
+
+def _sorted_rejects(table: pa.Table) -> pa.Table:
+    """Rejects in a fixed order (stage, reason, id), so reruns and resumes write the same bytes."""
+    return table.sort_by([("stage", "ascending"), ("reason", "ascending"), ("id", "ascending")])
 
 
 def _example_rejects(meta: pa.Table, rows: np.ndarray, stage: str, reasons: list[str]) -> pa.Table:
@@ -122,11 +130,78 @@ def _example_rejects(meta: pa.Table, rows: np.ndarray, stage: str, reasons: list
         }
         for i, r in zip(rows.tolist(), reasons, strict=True)
     ]
-    return pa.Table.from_pylist(out, schema=REJECT)
+    return _sorted_rejects(pa.Table.from_pylist(out, schema=REJECT))
 
 
-def run_build(recipe: Recipe, output: str, quiet: bool = False) -> dict:
-    """Build ``recipe`` into ``output`` (local folder or ``s3://``); returns (and writes) the stats."""
+def _source_signature(units: dict[str, list]) -> list:
+    """Each source file with its size and mtime, so an edited input invalidates the ingest stage."""
+    sig = []
+    for stream, us in sorted(units.items()):
+        for u in us:
+            fs, path = fsspec_fs(u.path)
+            try:
+                info = fs.info(path)
+                sig.append([stream, u.to_json(), info.get("size"), str(info.get("mtime", info.get("ETag")))])
+            except (FileNotFoundError, OSError):
+                sig.append([stream, u.to_json(), None, None])
+    return sig
+
+
+def stage_fingerprints(
+    recipe: Recipe, units: dict[str, list], tok: TextTokenizer, ratio: float
+) -> dict[str, str]:
+    """The chained fingerprint of each resumable stage: a stage's changes (or its upstream's)
+    invalidate it and everything after it, never what comes before."""
+    fps = {
+        "ingest": fingerprint(
+            __version__, to_dict(recipe.sources), to_dict(recipe.ingest), _source_signature(units)
+        )
+    }
+    fps["filter"] = fingerprint(fps["ingest"], to_dict(recipe.filters))
+    fps["dedup"] = fingerprint(fps["filter"], to_dict(recipe.dedup))
+    fps["examples"] = fingerprint(fps["dedup"], to_dict(recipe.build), tok.manifest(), ratio)
+    return fps
+
+
+CURATE_STAGES = ("ingest", "filter", "dedup")
+
+
+def curate(
+    recipe: Recipe, work: WorkDir, fps: dict[str, str], compute: dict, log: StageLog
+) -> tuple[dict, dict]:
+    """Ingest → filter → dedup with a checkpoint after each; starts after the last stage whose
+    marker matches. ``compute[stage](streams)`` builds a stage. Returns (streams, dedup stats)."""
+    done = [i for i, name in enumerate(CURATE_STAGES) if work.is_done(name, fps[name])]
+    first = done[-1] + 1 if done else 0
+    streams: dict = {}
+    dedup_stats: dict = {}
+    if first:
+        name = CURATE_STAGES[first - 1]
+        marker = work.marker(name) or {}
+        streams = {s: work.read_dataset(name, s) for s in marker["rows"]}
+        dedup_stats = marker.get("dedup", {})
+        log.resumed(name, marker["rows"])
+    for name in CURATE_STAGES[first:]:
+        t = time.perf_counter()
+        work.reset(name)
+        stats: dict = {}
+        streams = compute[name](streams, stats)
+        rows = {s: work.write_dataset(ds, name, s) for s, ds in streams.items()}
+        info = {"rows": rows}
+        if name == "dedup":
+            dedup_stats = info["dedup"] = stats
+        work.commit(name, fps[name], info)
+        streams = {s: work.read_dataset(name, s) for s in rows}
+        log.stage(name, time.perf_counter() - t, rows=rows)
+    return streams, dedup_stats
+
+
+def run_build(recipe: Recipe, output: str, restart: bool = False, log: StageLog | None = None) -> dict:
+    """Build ``recipe`` into ``output`` (local folder or ``s3://``); returns (and writes) the stats.
+
+    Resumable: each stage leaves a marker under ``output/_work`` (:mod:`mm1data.runners.workdir`),
+    so a rerun with the same arguments redoes only unfinished or invalidated work; ``restart``
+    starts from scratch."""
     from mm1data.dedup import dedup_streams
     from mm1data.filters import apply_filters
     from mm1data.ingest.job import plan_streams, read_streams
@@ -134,6 +209,7 @@ def run_build(recipe: Recipe, output: str, quiet: bool = False) -> dict:
     from mm1data.runners.pipeline import count_stream, kept_rows, to_rejects
     from mm1data.runners.ray_session import ray_session
 
+    log = log or StageLog(quiet=True)
     cfg = recipe.build
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
@@ -141,47 +217,60 @@ def run_build(recipe: Recipe, output: str, quiet: bool = False) -> dict:
     target = parse_mix(cfg.mix)
     units = plan_streams(recipe)
     synthetic = synthetic_index(read_synthetic(recipe.sources.synthetic_captions)[0])
-    _clear(output)
+    _retract(output, restart)
+    work = WorkDir(output)
     root = output.rstrip("/")
     ratio = synthetic_share(cfg, target)
-    with ray_session(recipe.ray.address, recipe.ray.num_cpus, quiet=True):
+    fps = stage_fingerprints(recipe, units, tok, ratio)
+    compute = {
+        "ingest": lambda _, stats: read_streams(recipe, units, synthetic),
+        "filter": lambda streams, stats: apply_filters(streams, recipe.filters),
+        "dedup": lambda streams, stats: dedup_streams(streams, recipe.dedup, stats),
+    }
+    with ray_session(recipe.ray.address, recipe.ray.num_cpus, quiet=not log.show_progress):
         import ray
 
         timings["ray_start"] = time.perf_counter() - t0
         t = time.perf_counter()
-        streams = read_streams(recipe, units, synthetic)
-        streams = apply_filters(streams, recipe.filters)
-        dedup_stats: dict = {}
-        streams = dedup_streams(streams, recipe.dedup, dedup_stats)
-        record_stats, examples = {}, []
-        for stream, ds in streams.items():
-            ds = ds.materialize()
-            record_stats[stream] = count_stream(ds, stream).as_dict()
-            rejects = pa.concat_tables(
-                [
-                    ray.get(r)
-                    for r in ds.map_batches(
-                        to_rejects, fn_args=(stream,), batch_format="pyarrow"
-                    ).to_arrow_refs()
-                ]
-                or [REJECT.empty_table()]
-            )
-            _write_parquet(rejects, f"{root}/rejects/{stream}/part-0.parquet")
-            kept = ds.map_batches(kept_rows, batch_format="pyarrow")
-            examples.append(
-                kept.map_batches(
-                    render_batch,
-                    fn_args=(stream, cfg, ratio),
-                    batch_format="pyarrow",
-                    batch_size=64,
-                    concurrency=cfg.workers,
+        if work.is_done("examples", fps["examples"]):
+            marker = work.marker("examples") or {}
+            record_stats, dedup_stats = marker["streams"], marker["dedup"]
+            log.resumed("examples", {"examples": marker["rows"]})
+        else:
+            streams, dedup_stats = curate(recipe, work, fps, compute, log)
+            record_stats, examples = {}, []
+            for stream, ds in streams.items():
+                record_stats[stream] = count_stream(ds, stream).as_dict()
+                rejects = pa.concat_tables(
+                    [
+                        ray.get(r)
+                        for r in ds.map_batches(
+                            to_rejects, fn_args=(stream,), batch_format="pyarrow"
+                        ).to_arrow_refs()
+                    ]
+                    or [REJECT.empty_table()]
                 )
+                _write_parquet(_sorted_rejects(rejects), f"{root}/rejects/{stream}/part-0.parquet")
+                kept = ds.map_batches(kept_rows, batch_format="pyarrow")
+                examples.append(
+                    kept.map_batches(
+                        render_batch,
+                        fn_args=(stream, cfg, ratio),
+                        batch_format="pyarrow",
+                        batch_size=64,
+                        concurrency=cfg.workers,
+                    )
+                )
+            timings["ingest_filter_dedup"] = time.perf_counter() - t
+            t = time.perf_counter()
+            work.reset("examples")
+            ex_all = examples[0].union(*examples[1:]) if len(examples) > 1 else examples[0]
+            n = work.write_dataset(ex_all, "examples")
+            work.commit(
+                "examples", fps["examples"], {"rows": n, "streams": record_stats, "dedup": dedup_stats}
             )
-        timings["ingest_filter_dedup"] = time.perf_counter() - t
-        t = time.perf_counter()
-        ex_ds = (
-            examples[0].union(*examples[1:]).materialize() if len(examples) > 1 else examples[0].materialize()
-        )
+            log.stage("tokenize", time.perf_counter() - t, examples=n)
+        ex_ds = work.read_dataset("examples")
         parts = [ray.get(r) for r in ex_ds.select_columns(METADATA_COLUMNS).to_arrow_refs()]
         meta = pa.concat_tables(parts) if parts else None
         timings["tokenize"] = time.perf_counter() - t
@@ -202,8 +291,11 @@ def run_build(recipe: Recipe, output: str, quiet: bool = False) -> dict:
             cfg,
             g.column("image_bytes").to_numpy(),
         )
-        placements: dict[str, list[tuple[int, int, int]]] = {}
         gkeys = g.column("key").to_pylist()
+        plan_fp = fingerprint(
+            fps["examples"], [[[gkeys[i] for i in seq] for seq in sh] for sh in plan.shards]
+        )
+        placements: dict[str, list[tuple[int, int, int]]] = {}
         for s, shard in enumerate(plan.shards):
             for q, seq in enumerate(shard):
                 for j, i in enumerate(seq):
@@ -223,22 +315,30 @@ def run_build(recipe: Recipe, output: str, quiet: bool = False) -> dict:
         ]
         _write_parquet(_example_rejects(meta, unused, "mix", why), f"{root}/rejects/mix/part-0.parquet")
         timings["plan"] = time.perf_counter() - t
+        log.stage("plan", time.perf_counter() - t, shards=len(plan.shards))
         t = time.perf_counter()
-        placements_ref = ray.put(placements)
-        routed = ex_ds.map_batches(route, fn_args=(placements_ref,), batch_format="pyarrow")
-        written = routed.groupby(
-            "shard", num_partitions=max(1, min(len(plan.shards), cfg.workers or 2))
-        ).map_groups(
-            write_shard,
-            fn_args=(root, cfg.seq_len, tok.ids["pad"], cfg.image_tokens),
-            batch_format="pyarrow",
-            concurrency=cfg.workers,
-        )
-        rows = [ray.get(r) for r in written.to_arrow_refs()]
+        finished = _finished_shards(work, root, plan_fp, len(plan.shards))
+        pending = {k: [p for p in ps if p[0] not in finished] for k, ps in placements.items()}
+        pending = {k: ps for k, ps in pending.items() if ps}
+        rows = []
+        todo = len(plan.shards) - len(finished)
+        if todo:
+            placements_ref = ray.put(pending)
+            routed = ex_ds.map_batches(route, fn_args=(placements_ref,), batch_format="pyarrow")
+            written = routed.groupby("shard", num_partitions=max(1, min(todo, cfg.workers or 2))).map_groups(
+                write_shard,
+                fn_args=(root, cfg.seq_len, tok.ids["pad"], cfg.image_tokens, plan_fp),
+                batch_format="pyarrow",
+                concurrency=cfg.workers,
+            )
+            rows = [ray.get(r) for r in written.to_arrow_refs()]
         shard_rows = sorted(
-            pa.concat_tables(rows or [SHARD_STATS.empty_table()]).to_pylist(), key=lambda r: r["shard"]
+            pa.concat_tables(rows or [SHARD_STATS.empty_table()]).to_pylist() + list(finished.values()),
+            key=lambda r: r["shard"],
         )
+        _drop_stale_shards(root, len(plan.shards))
         timings["write"] = time.perf_counter() - t
+        log.stage("write", time.perf_counter() - t, written=todo, kept_from_earlier_run=len(finished))
     manifest = make_manifest(cfg, tok, plan, shard_rows)
     stats = {
         "output": output,
@@ -249,14 +349,41 @@ def run_build(recipe: Recipe, output: str, quiet: bool = False) -> dict:
         "epochs": manifest["epochs"],
         "totals": manifest["totals"],
         "shards": len(shard_rows),
+        "resumed": log.resumed_stages + (["write (partly)"] if finished else []),
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
         "wall_s": round(time.perf_counter() - t0, 3),
     }
-    with fsspec.open(f"{root}/stats.json", "w") as f:
-        json.dump(stats, f, indent=2)
-    with fsspec.open(f"{root}/manifest.json", "w") as f:  # last: its presence means complete
-        json.dump(manifest, f, indent=1)
+    fs, path = fsspec_fs(root)
+    fs.pipe_file(f"{path}/stats.json", json.dumps(stats, indent=2).encode())
+    fs.pipe_file(f"{path}/manifest.json", json.dumps(manifest, indent=1).encode())  # last: means complete
+    log.stage("build", stats["wall_s"], shards=len(shard_rows), sequences=manifest["totals"]["sequences"])
     return stats
+
+
+def _finished_shards(work: WorkDir, root: str, plan_fp: str, n_shards: int) -> dict[int, dict]:
+    """Shards an earlier run of the same plan wrote completely (marker matches, tar size right)."""
+    from mm1data.shards.writer import shard_name
+
+    fs, path = fsspec_fs(root)
+    done = {}
+    for s in range(n_shards):
+        name = shard_name(s)
+        m = work.shard_marker(name)
+        if m and m.get("fingerprint") == plan_fp and fs.exists(f"{path}/{name}"):
+            if fs.size(f"{path}/{name}") == m["bytes"]:
+                done[s] = {k: v for k, v in m.items() if k != "fingerprint"}
+    return done
+
+
+def _drop_stale_shards(root: str, n_shards: int) -> None:
+    """Remove shard tars (and leftovers of killed writes) an earlier, bigger plan left behind."""
+    from mm1data.shards.writer import shard_name
+
+    fs, path = fsspec_fs(root)
+    keep = {shard_name(s) for s in range(n_shards)}
+    for p in fs.glob(f"{path}/shard-*.tar*"):
+        if p.rsplit("/", 1)[-1] not in keep:
+            fs.rm(p)
 
 
 def _example_counts(meta: pa.Table, good: np.ndarray, bad: np.ndarray, plan: Plan, why: list[str]) -> dict:

@@ -174,24 +174,32 @@ def dedup_cmd(input_dir: str, output: str, config: str | None) -> None:
 @click.option("--tokenizer", default=None, help="tokenizer.json (default: the bundled GPT-2 one).")
 @click.option("--shard-size", type=int, default=None, help="Sequences per shard (at most).")
 @click.option("--workers", type=int, default=None, help="Ray workers for tokenize and write.")
-@click.option("--quiet", is_flag=True, help="No summary table.")
-def build(output: str, quiet: bool, **kw: Any) -> None:
+@click.option("--restart", is_flag=True, help="Ignore the checkpoints of an earlier run; start over.")
+@click.option("--quiet", is_flag=True, help="No progress lines and no summary table.")
+@click.option("--log-json", is_flag=True, help="Progress as JSON lines on stderr; stats JSON on stdout.")
+def build(output: str, quiet: bool, restart: bool, log_json: bool, **kw: Any) -> None:
     """Ingest, filter, dedup, tokenize, pack and mix into WebDataset shards plus manifest.json.
 
     With no source flags and no --config, builds the bundled sample (pipelines/sample.yaml).
     These flags override the recipe's `build:` section (see BuildConfig for every field).
+    Rerunning the same command after a crash resumes from the checkpoints in OUTPUT/_work.
     """
+    import json
+
     from mm1data.build import run_build
     from mm1data.config import BuildConfig, from_dict
-    from mm1data.report import print_build_summary
+    from mm1data.report import StageLog, print_build_summary
 
     names = ("mix", "mix_unit", "upsample", "seed", "pack_mode", "tokenizer", "shard_size", "workers")
     given = {k: kw.pop(k) for k in names}
     recipe = recipe_from_options(**kw)
     given = {k: v for k, v in given.items() if v is not None}
     cfg = from_dict(BuildConfig, {**to_dict(recipe.build), **given}, where="build")
-    stats = run_build(dataclasses.replace(recipe, build=cfg), output)
-    if not quiet:
+    log = StageLog(quiet=quiet, json_lines=log_json)
+    stats = run_build(dataclasses.replace(recipe, build=cfg), output, restart=restart, log=log)
+    if log_json:
+        click.echo(json.dumps(stats))
+    elif not quiet:
         print_build_summary(stats)
 
 

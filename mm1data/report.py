@@ -2,7 +2,43 @@
 
 from __future__ import annotations
 
+import json
+import sys
+import time
+
 import click
+
+
+class StageLog:
+    """One line on stderr as each stage of a job ends: text for people, JSON lines for machines
+    (``--log-json``), or nothing (``--quiet``). Also remembers which stages a resume skipped."""
+
+    def __init__(self, quiet: bool = False, json_lines: bool = False) -> None:
+        self.quiet = quiet
+        self.json_lines = json_lines
+        self.resumed_stages: list[str] = []
+
+    @property
+    def show_progress(self) -> bool:
+        """Whether Ray Data's progress bars suit this output (a person at a terminal)."""
+        return not (self.quiet or self.json_lines) and sys.stderr.isatty()
+
+    def _emit(self, event: dict) -> None:
+        if self.json_lines:
+            click.echo(json.dumps({"time": round(time.time(), 3), **event}), err=True)
+        elif not self.quiet:
+            counts = ", ".join(f"{k} {v}" for k, v in event.items() if k not in ("event", "stage", "seconds"))
+            took = f" in {event['seconds']:.1f} s" if "seconds" in event else ""
+            click.echo(f"[mm1data] {event['stage']} {event['event']}{took}: {counts}", err=True)
+
+    def stage(self, name: str, seconds: float, **counts: object) -> None:
+        """A stage finished after ``seconds``; ``counts`` summarise what it did."""
+        self._emit({"event": "done", "stage": name, "seconds": round(seconds, 3), **counts})
+
+    def resumed(self, name: str, counts: dict) -> None:
+        """A stage was read back from an earlier run's checkpoint instead of being recomputed."""
+        self.resumed_stages.append(name)
+        self._emit({"event": "resumed from checkpoint", "stage": name, **counts})
 
 
 def print_stats(stats: dict) -> None:

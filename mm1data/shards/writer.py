@@ -113,10 +113,21 @@ SHARD_STATS = pa.schema(
 )
 
 
-def write_shard(table: pa.Table, output: str, seq_len: int, pad_id: int, slot_len: int) -> pa.Table:
+def write_shard(
+    table: pa.Table,
+    output: str,
+    seq_len: int,
+    pad_id: int,
+    slot_len: int,
+    plan_fingerprint: str = "",
+) -> pa.Table:
     """Ray Data ``map_groups`` UDF: the placements of one shard (payload + ``shard``, ``seq``,
-    ``slot`` columns) → the tar at ``output/shard-NNNNN.tar``; returns its :data:`SHARD_STATS` row."""
-    import fsspec
+    ``slot`` columns) → the tar at ``output/shard-NNNNN.tar``; returns its :data:`SHARD_STATS` row.
+
+    The tar appears whole or not at all (written beside and renamed locally; one PUT on S3), and
+    then its marker ``output/_work/shards/<name>.json`` (stats row + ``plan_fingerprint``) is
+    written, so a resumed build skips it."""
+    from mm1data.io.fs import fsspec_fs, is_s3
 
     rows = table.to_pylist()
     rows.sort(key=lambda r: (r["seq"], r["slot"]))
@@ -133,8 +144,15 @@ def write_shard(table: pa.Table, output: str, seq_len: int, pad_id: int, slot_le
         samples.append((sample_key(shard, seq), assemble(by_seq[seq], seq_len, pad_id)))
     data = tar_bytes(samples)
     name = shard_name(shard)
-    with fsspec.open(f"{output.rstrip('/')}/{name}", "wb") as f:
-        f.write(data)
+    fs, root = fsspec_fs(output)
+    final = f"{root}/{name}"
+    if is_s3(output):
+        fs.pipe_file(final, data)
+    else:
+        fs.makedirs(root, exist_ok=True)
+        tmp = f"{final}.partial"
+        fs.pipe_file(tmp, data)
+        fs.mv(tmp, final)
     row = {
         "shard": shard,
         "path": name,
@@ -145,4 +163,8 @@ def write_shard(table: pa.Table, output: str, seq_len: int, pad_id: int, slot_le
         "tokens": json.dumps(dict(sorted(tokens.items()))),
         "examples": json.dumps(dict(sorted(examples.items()))),
     }
+    fs.makedirs(f"{root}/_work/shards", exist_ok=True)
+    fs.pipe_file(
+        f"{root}/_work/shards/{name}.json", json.dumps({**row, "fingerprint": plan_fingerprint}).encode()
+    )
     return pa.Table.from_pylist([row], schema=SHARD_STATS)

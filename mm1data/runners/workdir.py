@@ -1,0 +1,121 @@
+"""Resumable stages: per-stage and per-shard completion markers under ``<output>/_work``.
+
+Datatrove-style: a stage's output is written first and its ``_SUCCESS`` marker last, so a run
+killed at any moment (SIGKILL included) leaves either a complete stage with its marker or a
+partial one without it. A marker records the stage's *fingerprint*: a hash of the upstream
+fingerprint and of the config that stage reads. On a rerun a stage whose marker matches is read
+back instead of recomputed; a missing or stale marker redoes that stage and, through the chained
+fingerprints, everything downstream of it, and nothing upstream.
+
+Layout (``<output>/_work``)::
+
+    ingest/<stream>/*.parquet   ingest/_SUCCESS
+    filter/<stream>/*.parquet   filter/_SUCCESS
+    dedup/<stream>/*.parquet    dedup/_SUCCESS
+    examples/*.parquet          examples/_SUCCESS
+    shards/shard-NNNNNN.json    (one marker per written shard tar)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+import pyarrow as pa
+
+from mm1data.io.fs import arrow_fs, fsspec_fs
+
+MARKER = "_SUCCESS"
+
+
+def fingerprint(*parts: Any) -> str:
+    """A stable hash of JSON-serialisable ``parts`` (dict keys sorted)."""
+    text = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+class WorkDir:
+    """The ``_work`` folder of one build output (local or ``s3://``)."""
+
+    def __init__(self, output: str) -> None:
+        self.root = f"{output.rstrip('/')}/_work"
+        self.fs, self.path = fsspec_fs(self.root)
+
+    def url(self, *names: str) -> str:
+        """The URL of ``names`` inside the work folder."""
+        return "/".join([self.root, *names])
+
+    def _local(self, *names: str) -> str:
+        return "/".join([self.path, *names])
+
+    def clear(self) -> None:
+        """Forget every stage (``--restart``)."""
+        if self.fs.exists(self.path):
+            self.fs.rm(self.path, recursive=True)
+
+    def marker(self, stage: str) -> dict | None:
+        """The marker of ``stage``, or None when the stage never completed."""
+        try:
+            with self.fs.open(self._local(stage, MARKER), "r") as f:
+                return json.load(f)
+        except FileNotFoundError:
+            return None
+
+    def is_done(self, stage: str, fp: str) -> bool:
+        """Whether ``stage`` completed with fingerprint ``fp``."""
+        m = self.marker(stage)
+        return m is not None and m.get("fingerprint") == fp
+
+    def reset(self, stage: str) -> None:
+        """Remove a stage's (partial or stale) output and marker."""
+        path = self._local(stage)
+        if self.fs.exists(path):
+            self.fs.rm(path, recursive=True)
+
+    def commit(self, stage: str, fp: str, info: dict | None = None) -> None:
+        """Write the stage's marker: from now on its output counts as complete."""
+        self.fs.makedirs(self._local(stage), exist_ok=True)
+        with self.fs.open(self._local(stage, MARKER), "w") as f:
+            json.dump({"fingerprint": fp, **(info or {})}, f, indent=1)
+
+    def write_dataset(self, ds: Any, *names: str) -> int:
+        """Materialize Ray dataset ``ds`` as Parquet under ``names``; returns its row count.
+
+        A schema-only file is written as well, so an empty dataset reads back with its columns."""
+        import pyarrow.parquet as pq
+
+        url = self.url(*names)
+        fs, path = arrow_fs(url)
+        ds = ds.materialize()
+        ds.write_parquet(path, filesystem=fs)
+        schema = ds.schema()
+        arrow_schema = getattr(schema, "base_schema", schema)
+        if isinstance(arrow_schema, pa.Schema):
+            self.fs.makedirs(self._local(*names), exist_ok=True)
+            with self.fs.open(self._local(*names, "_schema.parquet"), "wb") as f:
+                pq.write_table(arrow_schema.empty_table(), f)
+        return ds.count()
+
+    def read_dataset(self, *names: str) -> Any:
+        """The Ray dataset stored by :meth:`write_dataset` under ``names``."""
+        import pyarrow.parquet as pq
+        import ray.data
+
+        local = self._local(*names)
+        files = sorted(p for p in self.fs.ls(local, detail=False) if p.endswith(".parquet"))
+        data = [p for p in files if not p.endswith("_schema.parquet")]
+        if not data:
+            with self.fs.open(f"{local}/_schema.parquet", "rb") as f:
+                return ray.data.from_arrow(pq.read_table(f))
+        fs, _ = arrow_fs(self.url(*names))
+        prefix = "s3://" if self.root.startswith("s3") else ""
+        return ray.data.read_parquet([prefix + p for p in data] if prefix else data, filesystem=fs)
+
+    def shard_marker(self, name: str) -> dict | None:
+        """The marker of shard tar ``name`` (its stats row and plan fingerprint), if written."""
+        try:
+            with self.fs.open(self._local("shards", f"{name}.json"), "r") as f:
+                return json.load(f)
+        except FileNotFoundError:
+            return None
