@@ -178,7 +178,7 @@ def curate(
     if first:
         name = CURATE_STAGES[first - 1]
         marker = work.marker(name) or {}
-        streams = {s: work.read_dataset(name, s) for s in marker["rows"]}
+        streams = {s: work.read_dataset(name, s).materialize() for s in marker["rows"]}
         dedup_stats = marker.get("dedup", {})
         log.resumed(name, marker["rows"])
     for name in CURATE_STAGES[first:]:
@@ -191,7 +191,9 @@ def curate(
         if name == "dedup":
             dedup_stats = info["dedup"] = stats
         work.commit(name, fps[name], info)
-        streams = {s: work.read_dataset(name, s) for s in rows}
+        # read back materialized: the next stage's actor pool then never waits on read tasks for
+        # CPUs it holds itself (with 1-CPU nodes, fractional actors fragment every node)
+        streams = {s: work.read_dataset(name, s).materialize() for s in rows}
         log.stage(name, time.perf_counter() - t, rows=rows)
     return streams, dedup_stats
 

@@ -56,6 +56,34 @@ def ray_local():
     # left running: pytest exits the process, and other session fixtures may still use it
 
 
+REFERENCE_BUILD = {"shard_size": 1}  # `mm1data build --mix 45:45:10 --shard-size 1`
+
+
+def output_files(out: Path) -> dict[str, bytes]:
+    """Everything a build publishes (shards, manifest, rejects), by path; not stats or ``_work``."""
+    files = [
+        *sorted(out.glob("shard-*.tar")),
+        out / "manifest.json",
+        *sorted(out.glob("rejects/*/*.parquet")),
+    ]
+    return {str(p.relative_to(out)): p.read_bytes() for p in files}
+
+
+@pytest.fixture(scope="session")
+def sample_reference_build(ray_local, tmp_path_factory) -> tuple[Path, dict]:
+    """One uninterrupted local build of the bundled sample (``REFERENCE_BUILD``) that resumed,
+    cluster and fuzzed builds are compared with: (output folder, stats)."""
+    import dataclasses
+
+    from mm1data.build import run_build
+    from mm1data.config import SAMPLE_RECIPE, BuildConfig, load_recipe
+
+    out = tmp_path_factory.mktemp("reference") / "out"
+    recipe = load_recipe(SAMPLE_RECIPE)
+    stats = run_build(dataclasses.replace(recipe, build=BuildConfig(**REFERENCE_BUILD)), str(out))
+    return out, stats
+
+
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     """The repository root."""

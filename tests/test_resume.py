@@ -19,28 +19,17 @@ import pytest
 from mm1data.build import run_build
 from mm1data.config import SAMPLE_RECIPE, BuildConfig, load_recipe
 from mm1data.report import StageLog
+from tests.conftest import REFERENCE_BUILD, output_files
 
-BUILD = dict(shard_size=1)
-CLI = [sys.executable, "-c", "from mm1data.cli import main; main()", "build", "--mix", "45:45:10"]
+CLI = [sys.executable, "-m", "mm1data.cli", "build", "--mix", "45:45:10"]
 CLI_ARGS = ["--shard-size", "1", "--log-json"]
 
 
-def output_files(out: Path) -> dict[str, bytes]:
-    """Everything a build publishes (shards, manifest, rejects), by path; not stats or _work."""
-    files = (
-        sorted(out.glob("shard-*.tar")) + [out / "manifest.json"] + sorted(out.glob("rejects/*/*.parquet"))
-    )
-    return {str(p.relative_to(out)): p.read_bytes() for p in files}
-
-
 @pytest.fixture(scope="module")
-def reference(ray_local, tmp_path_factory) -> tuple[Path, dict]:
+def reference(sample_reference_build) -> tuple[Path, dict]:
     """An uninterrupted build of the bundled sample, 1 sequence per shard."""
-    out = tmp_path_factory.mktemp("reference") / "out"
-    recipe = load_recipe(SAMPLE_RECIPE)
-    stats = run_build(dataclasses.replace(recipe, build=BuildConfig(**BUILD)), str(out))
-    assert stats["shards"] >= 3  # several shards, so a kill can land between two shard writes
-    return out, stats
+    assert sample_reference_build[1]["shards"] >= 3  # so a kill can land between shard writes
+    return sample_reference_build
 
 
 def events_of(stderr: str) -> list[dict]:
@@ -129,7 +118,7 @@ def test_changed_filter_threshold_recomputes_only_downstream(reference, tmp_path
     )
     log = StageLog(quiet=True)
     stats = run_build(
-        dataclasses.replace(recipe, filters=stricter, build=BuildConfig(**BUILD)), str(out), log=log
+        dataclasses.replace(recipe, filters=stricter, build=BuildConfig(**REFERENCE_BUILD)), str(out), log=log
     )
     assert stats["resumed"] == ["ingest"]
     assert (out / "_work/ingest/_SUCCESS").read_text() == ingest_marker

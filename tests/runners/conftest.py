@@ -29,8 +29,15 @@ def _ray(*args: str, env: dict) -> None:
 
 
 @pytest.fixture(scope="session")
-def ray_cluster() -> Iterator[str]:
-    """Start ``ray start --head`` and a second ``ray start --address`` node; yield the address."""
+def ray_cluster(ray_cluster_nodes: tuple[str, str]) -> str:
+    """The address of the two-node cluster."""
+    return ray_cluster_nodes[0]
+
+
+@pytest.fixture(scope="session")
+def ray_cluster_nodes() -> Iterator[tuple[str, str]]:
+    """Start ``ray start --head`` and a second ``ray start --address`` node; yield the address and
+    the cluster's ``--temp-dir`` (its raylets' command lines name it)."""
     if not shutil.which(RAY):
         pytest.fail(f"ray CLI not found beside {sys.executable}")
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
@@ -42,7 +49,7 @@ def ray_cluster() -> Iterator[str]:
     _ray("start", *head, *common, env=env)
     try:
         _ray("start", "--address", address, *common, env=env)
-        yield address
+        yield address, temp_dir
     finally:
         _kill_cluster(temp_dir)
 
