@@ -32,6 +32,7 @@ from mm1data.config import DedupConfig
 from mm1data.dedup import image_hash, minhash
 from mm1data.dedup.components import apply_removals, resolve
 from mm1data.dedup.exact import image_entries, live_images, live_texts, text_entries
+from mm1data.runners.pipeline import with_schema
 
 KINDS = ("decontaminate", "exact_text", "exact_image", "minhash_text", "image_hash")
 """Dedup kinds; a row's ``kind`` is an index into this tuple."""
@@ -247,8 +248,16 @@ def _multi_keys(counts: pa.Table) -> pa.Table:
     return counts.filter(pc.greater(counts.column("count()"), 1)).select(["key"])
 
 
-def _keys_in(table: pa.Table, keys: pa.Array) -> pa.Table:
-    return table.filter(pc.is_in(table.column("key"), value_set=keys))
+def _keys_in(table: pa.Table, keys: pa.Array, parts: int) -> pa.Table:
+    """The rows of shared buckets, each tagged with its partition ``key mod parts``."""
+    rows = table.filter(pc.is_in(table.column("key"), value_set=keys))
+    part = np.mod(rows.column("key").to_numpy(), parts) if rows.num_rows else np.empty(0, np.int64)
+    return rows.append_column("part", pa.array(part, pa.int64()))
+
+
+def _partition_pairs(rows: pa.Table, cfg: DedupConfig) -> pa.Table:
+    """``map_groups`` body: the pairs of every (whole) bucket in one partition."""
+    return bucket_pairs(rows.drop_columns(["part"]), cfg)
 
 
 def _drop_decontam(table: pa.Table) -> pa.Table:
@@ -334,13 +343,17 @@ def _group(rows, cfg: DedupConfig) -> list[dict]:
     if not multi:
         return []
     keys = pa.array([r["key"] for r in multi], pa.int64())
-    shared = rows.map_batches(_keys_in, fn_args=(keys,), batch_format="pyarrow")
-    # hash-partition by key: every bucket lands whole in one block, and each block is one batch
-    blocks = max(1, min(64, len(multi) // 2000 + 1))
-    buckets = shared.repartition(blocks, keys=["key"])
-    return buckets.map_batches(
-        bucket_pairs, fn_args=(cfg,), batch_size=None, batch_format="pyarrow"
-    ).take_all()
+    # partition by key mod P: every bucket lands whole in one group
+    parts = max(1, min(64, len(multi) // 2000 + 1))
+    shared = with_schema(
+        rows.map_batches(_keys_in, fn_args=(keys, parts), batch_format="pyarrow"),
+        INDEX.append(pa.field("part", pa.int64())),
+    )
+    return (
+        shared.groupby("part", num_partitions=parts)
+        .map_groups(_partition_pairs, fn_args=(cfg,), batch_format="pyarrow")
+        .take_all()
+    )
 
 
 def resolve_all(run: DedupRun, pairs: list[dict], decontam: list[dict]) -> None:

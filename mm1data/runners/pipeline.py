@@ -160,3 +160,25 @@ def stats_json(per_stream: dict[str, StreamStats], extra: dict | None = None) ->
 def is_null(col: pa.ChunkedArray) -> np.ndarray:
     """Numpy bool mask of nulls in ``col``."""
     return pc.is_null(col).to_numpy(zero_copy_only=False)
+
+
+def with_schema(ds, schema: pa.Schema):
+    """``ds`` materialized with every block cast to ``schema``, empty ones included.
+
+    A Ray Data map task whose input block has no rows never calls its UDF and emits an empty
+    block with *no* columns; a later hash shuffle then fails to concatenate it ("Schema at index
+    1 was different"). Hostile input (a batch whose records were all rejected) makes such blocks.
+    """
+    import ray
+    import ray.data
+
+    @ray.remote
+    def cast(block: pa.Table) -> pa.Table:
+        return block.cast(schema) if block.num_columns else schema.empty_table()
+
+    refs = ds.materialize().to_arrow_refs()
+    return (
+        ray.data.from_arrow_refs([cast.remote(r) for r in refs])
+        if refs
+        else ray.data.from_arrow(schema.empty_table())
+    )
