@@ -130,3 +130,14 @@ class Filter(Stage):
                 score[i] = decision.score[j] if decision.score else None
                 detail[i] = decision.detail[j] if decision.detail else None
         return reject_rows(table, drop, self.name, reason, score, detail)
+
+
+def set_item_columns(table: pa.Table, items: list, item_rejects: list) -> pa.Table:
+    """``table`` (interleaved docs) with its ``items`` and ``item_rejects`` columns replaced."""
+    for name, values, typ in (
+        ("items", items, table.schema.field("items").type),
+        ("item_rejects", item_rejects, pa.list_(REJECT_INFO)),
+    ):
+        j = table.schema.get_field_index(name)
+        table = table.set_column(j, table.schema.field(j), pa.array(values, type=typ))
+    return table

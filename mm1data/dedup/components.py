@@ -22,7 +22,7 @@ from collections.abc import Iterable
 import numpy as np
 import pyarrow as pa
 
-from mm1data.stages import live_mask, reject_rows
+from mm1data.stages import live_mask, reject_rows, set_item_columns
 
 STREAM_ORDER = ("caption", "interleaved", "text")
 STAGE = "dedup"
@@ -138,7 +138,6 @@ def _describe(survivor: str) -> tuple[str, str]:
 
 def _remove_items(table, live: np.ndarray, ids: list[str], removals: dict, stage: str) -> pa.Table:
     """Move removed image items of live docs into ``item_rejects``."""
-    from mm1data.schemas import REJECT_INFO
 
     items_col = table.column("items").to_pylist()
     rejects_col = table.column("item_rejects").to_pylist()
@@ -163,12 +162,4 @@ def _remove_items(table, live: np.ndarray, ids: list[str], removals: dict, stage
             )
         if len(kept) != len(items_col[i] or []):
             items_col[i], rejects_col[i], changed = kept, rejects, True
-    if not changed:
-        return table
-    for name, values, typ in (
-        ("items", items_col, table.schema.field("items").type),
-        ("item_rejects", rejects_col, pa.list_(REJECT_INFO)),
-    ):
-        j = table.schema.get_field_index(name)
-        table = table.set_column(j, table.schema.field(j), pa.array(values, type=typ))
-    return table
+    return set_item_columns(table, items_col, rejects_col) if changed else table

@@ -21,8 +21,7 @@ import pyarrow as pa
 from PIL import Image
 
 from mm1data.config import ImageConfig, InterleavedConfig
-from mm1data.schemas import REJECT_INFO
-from mm1data.stages import Decision, Filter, Stage, live_mask
+from mm1data.stages import Decision, Filter, Stage, live_mask, set_item_columns
 
 
 def check_image(data: bytes | None, cfg: ImageConfig) -> tuple[str, float, str] | None:
@@ -97,15 +96,7 @@ def _rewrite_items(table: pa.Table, stage: str, judge) -> pa.Table:
                 )
         if len(kept) != len(items_col[i] or []):
             items_col[i], rejects_col[i], changed = kept, rejects, True
-    if not changed:
-        return table
-    for name, values, typ in (
-        ("items", items_col, table.schema.field("items").type),
-        ("item_rejects", rejects_col, pa.list_(REJECT_INFO)),
-    ):
-        j = table.schema.get_field_index(name)
-        table = table.set_column(j, table.schema.field(j), pa.array(values, type=typ))
-    return table
+    return set_item_columns(table, items_col, rejects_col) if changed else table
 
 
 class InterleavedImageFilter(Stage):
