@@ -3,7 +3,9 @@
 Data: the shared real data (COCO-mini train+val with their images, the MMC4 shard, the Wikipedia
 ZIM, the Dolma CC file and the three C4 samples), scaled ``--scale`` times by linking each source
 file under ``--scale`` different names (so every copy has its own lineage; exact dedup then
-removes the repeats, as it would in a real crawl that saw the same pages again).
+removes the repeats, as it would in a real crawl that saw the same pages again). The two
+corpus-wide repeat filters (captions on many images, image URLs in many docs) are switched off,
+since they would reject every copy.
 
 Rows printed:
 
@@ -72,9 +74,11 @@ def scaled_recipe(root: Path, scale: int) -> Path:
         {"path": p, "name": "c4"} for f in sorted((DATA / "c-text").glob("olmo-c4-*.gz")) for p in copies(f)
     ]
     recipe = root / "recipe.yaml"
-    recipe.write_text(
-        json.dumps({"sources": {"captions": captions, "interleaved": interleaved, "text": text}})
-    )
+    # the corpus-wide repeat rules (a caption on many images, an image URL in many docs) would
+    # reject every linked copy: repeating the data is what they are meant to catch
+    filters = {"caption": {"max_repeats": None}, "interleaved": {"max_image_url_repeats": None}}
+    sources = {"captions": captions, "interleaved": interleaved, "text": text}
+    recipe.write_text(json.dumps({"sources": sources, "filters": filters}))
     return recipe  # JSON is YAML
 
 
