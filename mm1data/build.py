@@ -31,7 +31,7 @@ from mm1data.pack.plan import Plan, plan_build
 from mm1data.report import StageLog
 from mm1data.runners.workdir import WorkDir, fingerprint
 from mm1data.schemas import REJECT
-from mm1data.shards.writer import FORMAT, SHARD_STATS, VERSION, write_shard
+from mm1data.shards.writer import FORMAT, SHARD_STATS, VERSION, shard_name, write_shard
 from mm1data.tokens.render import METADATA_COLUMNS, render_batch
 from mm1data.tokens.tokenizer import TextTokenizer
 
@@ -166,9 +166,7 @@ def stage_fingerprints(
 CURATE_STAGES = ("ingest", "filter", "dedup")
 
 
-def curate(
-    recipe: Recipe, work: WorkDir, fps: dict[str, str], compute: dict, log: StageLog
-) -> tuple[dict, dict]:
+def curate(work: WorkDir, fps: dict[str, str], compute: dict, log: StageLog) -> tuple[dict, dict]:
     """Ingest → filter → dedup with a checkpoint after each; starts after the last stage whose
     marker matches. ``compute[stage](streams)`` builds a stage. Returns (streams, dedup stats)."""
     done = [i for i, name in enumerate(CURATE_STAGES) if work.is_done(name, fps[name])]
@@ -239,7 +237,7 @@ def run_build(recipe: Recipe, output: str, restart: bool = False, log: StageLog 
             record_stats, dedup_stats = marker["streams"], marker["dedup"]
             log.resumed("examples", {"examples": marker["rows"]})
         else:
-            streams, dedup_stats = curate(recipe, work, fps, compute, log)
+            streams, dedup_stats = curate(work, fps, compute, log)
             record_stats, examples = {}, []
             for stream, ds in streams.items():
                 record_stats[stream] = count_stream(ds, stream).as_dict()
@@ -364,8 +362,6 @@ def run_build(recipe: Recipe, output: str, restart: bool = False, log: StageLog 
 
 def _finished_shards(work: WorkDir, root: str, plan_fp: str, n_shards: int) -> dict[int, dict]:
     """Shards an earlier run of the same plan wrote completely (marker matches, tar size right)."""
-    from mm1data.shards.writer import shard_name
-
     fs, path = fsspec_fs(root)
     done = {}
     for s in range(n_shards):
@@ -379,8 +375,6 @@ def _finished_shards(work: WorkDir, root: str, plan_fp: str, n_shards: int) -> d
 
 def _drop_stale_shards(root: str, n_shards: int) -> None:
     """Remove shard tars (and leftovers of killed writes) an earlier, bigger plan left behind."""
-    from mm1data.shards.writer import shard_name
-
     fs, path = fsspec_fs(root)
     keep = {shard_name(s) for s in range(n_shards)}
     for p in fs.glob(f"{path}/shard-*.tar*"):

@@ -49,11 +49,6 @@ class WorkDir:
     def _local(self, *names: str) -> str:
         return "/".join([self.path, *names])
 
-    def clear(self) -> None:
-        """Forget every stage (``--restart``)."""
-        if self.fs.exists(self.path):
-            self.fs.rm(self.path, recursive=True)
-
     def marker(self, stage: str) -> dict | None:
         """The marker of ``stage``, or None when the stage never completed."""
         try:
@@ -109,8 +104,13 @@ class WorkDir:
             with self.fs.open(f"{local}/_schema.parquet", "rb") as f:
                 return ray.data.from_arrow(pq.read_table(f))
         fs, _ = arrow_fs(self.url(*names))
-        prefix = "s3://" if self.root.startswith("s3") else ""
-        return ray.data.read_parquet([prefix + p for p in data] if prefix else data, filesystem=fs)
+        return ray.data.read_parquet(data, filesystem=fs)
+
+    def commit_shard(self, name: str, row: dict, fp: str) -> None:
+        """Mark shard tar ``name`` (already written whole) as done for the plan ``fp``."""
+        self.fs.makedirs(self._local("shards"), exist_ok=True)
+        marker = json.dumps({**row, "fingerprint": fp}).encode()
+        self.fs.pipe_file(self._local("shards", f"{name}.json"), marker)
 
     def shard_marker(self, name: str) -> dict | None:
         """The marker of shard tar ``name`` (its stats row and plan fingerprint), if written."""

@@ -128,6 +128,7 @@ def write_shard(
     then its marker ``output/_work/shards/<name>.json`` (stats row + ``plan_fingerprint``) is
     written, so a resumed build skips it."""
     from mm1data.io.fs import fsspec_fs, is_s3
+    from mm1data.runners.workdir import WorkDir
 
     rows = table.to_pylist()
     rows.sort(key=lambda r: (r["seq"], r["slot"]))
@@ -163,8 +164,5 @@ def write_shard(
         "tokens": json.dumps(dict(sorted(tokens.items()))),
         "examples": json.dumps(dict(sorted(examples.items()))),
     }
-    fs.makedirs(f"{root}/_work/shards", exist_ok=True)
-    fs.pipe_file(
-        f"{root}/_work/shards/{name}.json", json.dumps({**row, "fingerprint": plan_fingerprint}).encode()
-    )
+    WorkDir(output).commit_shard(name, row, plan_fingerprint)
     return pa.Table.from_pylist([row], schema=SHARD_STATS)
