@@ -310,6 +310,7 @@ class BuildConfig:
     pack_window: int = 0
     synthetic_ratio: float | None = None
     workers: int | None = None  # Ray workers for tokenize and write (None: the CPUs Ray has)
+    plan_partitions: int | None = None  # None: one per ~200k examples (pack/phase.py)
 
     def __post_init__(self) -> None:
         slot = self.image_tokens + (2 if self.image_markers else 0)
@@ -325,6 +326,8 @@ class BuildConfig:
             raise UsageError("build: shard_size >= 1, image_size >= 8, jpeg_quality in 1..100 required")
         if self.synthetic_ratio is not None and not 0.0 <= self.synthetic_ratio <= 1.0:
             raise UsageError("build.synthetic_ratio must be in [0, 1]")
+        if self.plan_partitions is not None and self.plan_partitions < 1:
+            raise UsageError("build.plan_partitions must be >= 1")
 
 
 @dataclass(frozen=True)

@@ -53,6 +53,8 @@ IMAGE_FIELDS = [
     pa.field("width", pa.int32()),
     pa.field("height", pa.int32()),
     pa.field("format", pa.string()),  # Pillow format name, lower case: "jpeg", "png", ...
+    pa.field("phash", pa.uint64()),  # 64-bit perceptual hashes computed at the one decode (ingest)
+    pa.field("dhash", pa.uint64()),
 ]
 
 ANNOTATION_FIELDS = [
@@ -148,6 +150,11 @@ ALL_SCHEMAS: dict[str, pa.Schema] = {
     "SyntheticCaption": SYNTHETIC_CAPTION,
     "Reject": REJECT,
 }
+
+
+def subschema(schema: pa.Schema, names: list[str]) -> pa.Schema:
+    """The fields ``names`` of ``schema``, in that order."""
+    return pa.schema([schema.field(n) for n in names])
 
 
 def empty_table(schema: pa.Schema) -> pa.Table:

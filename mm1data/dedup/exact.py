@@ -50,24 +50,30 @@ def live_texts(table: pa.Table, stream: str) -> tuple[list[str], list[str], list
     return [record_member(stream, ids[i]) for i in rows], [texts[i] for i in rows], [quality[i] for i in rows]
 
 
-def live_images(table: pa.Table, stream: str) -> Iterator[tuple[str, float, bytes | None, str | None]]:
-    """(member, quality, image bytes, sha256) of every image of the live records of a caption or
-    interleaved batch: the pair's image, or each image item of a doc."""
+def live_images(table: pa.Table, stream: str) -> Iterator[tuple[str, float, bytes | None, dict]]:
+    """(member, quality, image bytes, image columns) of every image of the live records of a
+    caption or interleaved batch: the pair's image, or each image item of a doc. The image columns
+    are what ingest recorded (``image_sha256``, ``phash``, ``dhash``; None when absent)."""
     live = live_mask(table)
     ids = table.column("id").to_pylist()
     quality = _quality(table)
     if stream == "caption":
         images = table.column("image").to_pylist()
-        shas = table.column("image_sha256").to_pylist()
+        cols = {c: _column(table, c) for c in ("image_sha256", "phash", "dhash")}
         for i in np.flatnonzero(live):
             if images[i] is not None:
-                yield record_member(stream, ids[i]), quality[i], images[i], shas[i]
+                yield record_member(stream, ids[i]), quality[i], images[i], {c: v[i] for c, v in cols.items()}
         return
     items_col = table.column("items").to_pylist()
     for i in np.flatnonzero(live):
         for k, item in enumerate(items_col[i] or []):
             if item["kind"] == "image" and item.get("image") is not None:
-                yield item_member(ids[i], item, k), quality[i], item["image"], item.get("image_sha256")
+                meta = {c: item.get(c) for c in ("image_sha256", "phash", "dhash")}
+                yield item_member(ids[i], item, k), quality[i], item["image"], meta
+
+
+def _column(table: pa.Table, name: str) -> list:
+    return table.column(name).to_pylist() if name in table.column_names else [None] * table.num_rows
 
 
 def text_entries(table: pa.Table, stream: str) -> pa.Table:
@@ -79,8 +85,8 @@ def text_entries(table: pa.Table, stream: str) -> pa.Table:
 def image_entries(table: pa.Table, stream: str) -> pa.Table:
     """:data:`ENTRY` rows keyed by the sha256 of the image bytes."""
     rows = [
-        (sha or hashlib.sha256(data).hexdigest(), member, q)
-        for member, q, data, sha in live_images(table, stream)
+        (meta["image_sha256"] or hashlib.sha256(data).hexdigest(), member, q)
+        for member, q, data, meta in live_images(table, stream)
     ]
     return pa.table([list(c) for c in zip(*rows, strict=True)] if rows else [[], [], []], schema=ENTRY)
 

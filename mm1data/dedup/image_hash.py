@@ -37,26 +37,44 @@ def _bits_to_int(bits: np.ndarray) -> int:
     return int.from_bytes(np.packbits(bits.astype(np.uint8)).tobytes(), "big")
 
 
-def _gray(data: bytes, size: tuple[int, int]) -> np.ndarray:
-    """Decode ``data`` (JPEG decoders downscale while decoding) to a float grayscale ``size`` array."""
-    with Image.open(io.BytesIO(data)) as img:
-        img.draft("L", (size[0] * 2, size[1] * 2))
-        gray = img.convert("L").resize(size, Image.Resampling.LANCZOS)
-        return np.asarray(gray, dtype=np.float64)
+GRAY_DRAFT = (64, 64)
+"""JPEGs are decoded at the smallest DCT scale still at least this size (exact, and fast)."""
 
 
-def phash(data: bytes) -> int:
-    """64-bit DCT perceptual hash of encoded image bytes."""
-    pixels = _gray(data, (32, 32))
+def _gray(img: Image.Image) -> Image.Image:
+    """``img`` decoded in grayscale (JPEGs at a reduced DCT scale): the one pixel decode hashes need."""
+    img.draft("L", GRAY_DRAFT)
+    return img.convert("L")
+
+
+def _phash(gray: Image.Image) -> int:
+    pixels = np.asarray(gray.resize((32, 32), Image.Resampling.LANCZOS), dtype=np.float64)
     d = _dct_matrix(32)
     low = (d @ pixels @ d.T)[:8, :8]
     return _bits_to_int(low > np.median(low))
 
 
+def _dhash(gray: Image.Image) -> int:
+    pixels = np.asarray(gray.resize((9, 8), Image.Resampling.LANCZOS), dtype=np.float64)
+    return _bits_to_int(pixels[:, 1:] > pixels[:, :-1])
+
+
+def hashes_of(img: Image.Image) -> tuple[int, int]:
+    """(pHash, dHash) of an opened image; decodes it once (the caller catches decode errors)."""
+    gray = _gray(img)
+    return _phash(gray), _dhash(gray)
+
+
+def phash(data: bytes) -> int:
+    """64-bit DCT perceptual hash of encoded image bytes."""
+    with Image.open(io.BytesIO(data)) as img:
+        return _phash(_gray(img))
+
+
 def dhash(data: bytes) -> int:
     """64-bit difference hash of encoded image bytes (sign of horizontal gradients on 9×8)."""
-    pixels = _gray(data, (9, 8))
-    return _bits_to_int(pixels[:, 1:] > pixels[:, :-1])
+    with Image.open(io.BytesIO(data)) as img:
+        return _dhash(_gray(img))
 
 
 HASHERS = {"phash": phash, "dhash": dhash}

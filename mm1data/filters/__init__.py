@@ -2,16 +2,18 @@
 
 Most filters are pure per-batch stages. Two rules need the whole corpus (a caption repeated
 across many images; an image URL used by many docs): they are :class:`CorpusPhase` entries in
-the chain, and :func:`apply_filters` runs their counting phase (a Ray Data group-by) on the
-stream as filtered so far, then applies the filter they return.
+the chain. :func:`run_chain` applies a chain to a Ray dataset: per-batch stages run fused in Ray
+tasks (models set up once per worker process), and a corpus phase counts with one co-partitioned
+step over (key, partner) rows and applies its verdicts with a second one keyed by record
+(:mod:`mm1data.runners.shuffle`), so no per-key table ever reaches the driver or a broadcast.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from typing import ClassVar
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -26,101 +28,133 @@ from mm1data.filters.image import (
 )
 from mm1data.filters.language import LanguageFilter
 from mm1data.filters.text_quality import GopherQualityFilter, GopherRepetitionFilter
+from mm1data.runners.pipeline import apply_stages
+from mm1data.runners.shuffle import cogroup, hash64, partitions_for
 from mm1data.stages import Stage, live_mask
 
-__all__ = ["CorpusPhase", "apply_filters", "filter_stages", "count_caption_repeats", "count_image_urls"]
+__all__ = ["CorpusPhase", "filter_stages", "run_chain", "caption_partners", "url_partners"]
+
+ROWS_PER_PARTITION = 1_000_000
+PARTNERS = pa.schema([("k", pa.int64()), ("key", pa.string()), ("partner", pa.int64()), ("row", pa.int64())])
+"""One (key, partner) occurrence: a caption and the image it describes, or an image URL and the
+doc that uses it; ``row`` is the record it came from (hash of stream, lineage and id)."""
+HITS = pa.schema([("row", pa.int64()), ("key", pa.string()), ("n", pa.int64())])
 
 
-class CorpusPhase(Stage):
-    """A rule that needs corpus-wide counts: :meth:`prepare` counts over a dataset and returns
-    the per-batch stage to apply. Calling it on a batch directly is an error."""
+def _row_hashes(table: pa.Table, stream: str) -> np.ndarray:
+    from mm1data.ingest.synthetic import row_key
 
-    def prepare(self, ds) -> Stage:
-        """Count over ``ds`` (a Ray dataset of the stream) and return the filter stage."""
-        raise NotImplementedError
-
-    def __call__(self, table: pa.Table) -> pa.Table:
-        raise RuntimeError(f"{self.name} needs its counting phase first: run it through apply_filters")
+    return hash64(row_key(table, stream))
 
 
-def _caption_keys(table: pa.Table) -> pa.Table:
-    """(key, image) per caption of live pairs: normalized caption text and the image identity."""
+def caption_partners(table: pa.Table) -> pa.Table:
+    """(normalized caption, image) per caption of the live pairs of a batch."""
     live = live_mask(table)
-    keys, images = [], []
+    rows = _row_hashes(table, "caption")
     ids = table.column("id").to_pylist()
     shas = table.column("image_sha256").to_pylist()
+    images = hash64([sha or rid for sha, rid in zip(shas, ids, strict=True)])
+    keys, partners, owners = [], [], []
     for i, caps in enumerate(table.column("captions").to_pylist()):
         if live[i]:
             for c in caps or []:
                 keys.append(normalize_caption(c["text"] or ""))
-                images.append(shas[i] or ids[i])
-    return pa.table({"key": pa.array(keys, pa.string()), "image": pa.array(images, pa.string())})
+                partners.append(images[i])
+                owners.append(rows[i])
+    return _partners(keys, partners, owners)
 
 
-def _image_urls(table: pa.Table) -> pa.Table:
-    """(key, image) = (image URL, doc id) per image item of live interleaved docs."""
-    live = pa.array(live_mask(table))
-    table = table.filter(live)
-    items = table.column("items").combine_chunks()
-    flat = pc.list_flatten(items)
-    docs = pc.take(table.column("id"), pc.list_parent_indices(items))
-    is_img = pc.and_(
-        pc.equal(pc.struct_field(flat, "kind"), "image"), pc.is_valid(pc.struct_field(flat, "url"))
+def url_partners(table: pa.Table) -> pa.Table:
+    """(image URL, doc) per image item of the live interleaved docs of a batch."""
+    live = live_mask(table)
+    rows = _row_hashes(table, "interleaved")
+    keys, owners = [], []
+    for i, items in enumerate(table.column("items").to_pylist()):
+        if live[i]:
+            for item in items or []:
+                if item["kind"] == "image" and item.get("url"):
+                    keys.append(item["url"])
+                    owners.append(rows[i])
+    return _partners(keys, owners, owners)
+
+
+def _partners(keys: list[str], partners: list, owners: list) -> pa.Table:
+    """A :data:`PARTNERS` table; ``partners`` and ``owners`` are int64 hashes."""
+    ints = [pa.array(np.asarray(x, np.int64), pa.int64()) for x in (partners, owners)]
+    return pa.table([pa.array(hash64(keys), pa.int64()), pa.array(keys, pa.string()), *ints], schema=PARTNERS)
+
+
+def count_partners(parts: dict[str, pa.Table], max_repeats: int) -> pa.Table:
+    """cogroup fn: the occurrences of keys held by more than ``max_repeats`` distinct partners,
+    as (row, key, n) hits."""
+    t = parts["p"]
+    if t.num_rows == 0:
+        return HITS.empty_table()
+    distinct = t.group_by(["key", "partner"]).aggregate([]).group_by("key").aggregate([("partner", "count")])
+    over = distinct.filter(pc.greater(distinct.column("partner_count"), max_repeats))
+    if over.num_rows == 0:
+        return HITS.empty_table()
+    hits = t.join(over, "key", join_type="inner")
+    return pa.table(
+        [hits.column("row"), hits.column("key"), hits.column("partner_count").cast(pa.int64())], schema=HITS
     )
-    urls = pc.struct_field(flat, "url")
-    return pa.table({"key": pc.filter(urls, is_img), "image": pc.filter(docs, is_img)})
 
 
-def _over(counts: pa.Table, max_repeats: int) -> pa.Table:
-    """Rows of a (key, count()) table whose count exceeds ``max_repeats``, as (key, n)."""
-    n = counts.column("count()")
-    keep = pc.greater(n, max_repeats)
-    return pa.table({"key": pc.filter(counts.column("key"), keep), "n": pc.filter(n, keep)})
+def apply_hits(parts: dict[str, pa.Table], verdict: type[Stage]) -> pa.Table:
+    """cogroup fn: the records of one partition through ``verdict(keys of their hits)``."""
+    records, hits = parts["records"].drop_columns(["_row"]), parts["hits"]
+    frequent = dict(zip(hits.column("key").to_pylist(), hits.column("n").to_pylist(), strict=True))
+    return verdict(frequent)(records) if frequent else records
 
 
-def _frequent(ds, explode, max_repeats: int) -> dict[str, int]:
-    """Keys that occur with more than ``max_repeats`` distinct partners (two Ray group-bys)."""
-    pairs = ds.map_batches(explode, batch_format="pyarrow")
-    distinct = pairs.groupby(["key", "image"]).count()
-    per_key = distinct.groupby("key").count()
-    over = per_key.map_batches(_over, fn_args=(max_repeats,), batch_format="pyarrow")
-    return {row["key"]: int(row["n"]) for row in over.take_all()}
+class CorpusPhase(Stage):
+    """A rule that needs corpus-wide counts: occurrences of (key, partner) per record are counted
+    over the whole stream, and records whose keys have more than ``max_repeats`` distinct partners
+    go through ``verdict`` (a per-batch stage built from those keys)."""
 
+    partners = staticmethod(caption_partners)
+    verdict: ClassVar[type[Stage]] = Stage
 
-def count_caption_repeats(ds, max_repeats: int) -> dict[str, int]:
-    """Normalized captions written for more than ``max_repeats`` distinct images, with the count."""
-    return _frequent(ds, _caption_keys, max_repeats)
+    def __init__(self, max_repeats: int) -> None:
+        self.max_repeats = max_repeats
 
+    def apply(self, ds, rows: int, schema: pa.Schema):
+        """The stream ``ds`` (``rows`` records, of ``schema``) with this rule applied."""
+        from mm1data.ingest.synthetic import with_row_hash
 
-def count_image_urls(ds, max_repeats: int) -> dict[str, int]:
-    """Image URLs used by more than ``max_repeats`` distinct interleaved docs, with the count."""
-    return _frequent(ds, _image_urls, max_repeats)
+        stream = self.streams[0]
+        occurrences = ds.map_batches(type(self).partners, batch_format="pyarrow")
+        n = partitions_for(rows * 4, ROWS_PER_PARTITION)
+        hits = cogroup(
+            {"p": occurrences}, {"p": "k"}, n, count_partners, (self.max_repeats,), {"p": PARTNERS}
+        )
+        records = ds.map_batches(with_row_hash, fn_args=(stream,), batch_format="pyarrow")
+        return cogroup(
+            {"records": records, "hits": hits}, {"records": "_row", "hits": "row"},
+            partitions_for(rows, ROWS_PER_PARTITION), apply_hits, (self.verdict,),
+            {"records": schema.append(pa.field("_row", pa.int64())), "hits": HITS},
+        )  # fmt: skip
+
+    def __call__(self, table: pa.Table) -> pa.Table:
+        raise RuntimeError(f"{self.name} needs the whole corpus: run it through run_chain")
 
 
 class CaptionRepeatsPhase(CorpusPhase):
-    """Count caption repeats, then :class:`RepeatedCaptionFilter`."""
+    """Captions written for more than ``max_repeats`` distinct images (:class:`RepeatedCaptionFilter`)."""
 
     name: ClassVar[str] = "caption_repeats"
     streams: ClassVar[tuple[str, ...]] = ("caption",)
-
-    def __init__(self, max_repeats: int) -> None:
-        self.max_repeats = max_repeats
-
-    def prepare(self, ds) -> Stage:
-        return RepeatedCaptionFilter(count_caption_repeats(ds, self.max_repeats))
+    partners = staticmethod(caption_partners)
+    verdict = RepeatedCaptionFilter
 
 
 class ImageUrlRepeatsPhase(CorpusPhase):
-    """Count image URL repeats, then :class:`FrequentImageUrlFilter`."""
+    """Image URLs used by more than ``max_repeats`` distinct docs (:class:`FrequentImageUrlFilter`)."""
 
     name: ClassVar[str] = "image_url_repeats"
     streams: ClassVar[tuple[str, ...]] = ("interleaved",)
-
-    def __init__(self, max_repeats: int) -> None:
-        self.max_repeats = max_repeats
-
-    def prepare(self, ds) -> Stage:
-        return FrequentImageUrlFilter(count_image_urls(ds, self.max_repeats))
+    partners = staticmethod(url_partners)
+    verdict = FrequentImageUrlFilter
 
 
 def text_stages(cfg: FilterConfig) -> list[Stage]:
@@ -159,45 +193,16 @@ def filter_stages(cfg: FilterConfig, stream: str) -> list[Stage]:
     raise ValueError(f"unknown stream {stream!r}")
 
 
-def _apply_one(table: pa.Table, stage: Stage) -> pa.Table:
-    """Ray task body for one stage (timed runs): set up, then apply."""
-    stage.setup()
-    return stage(table)
-
-
-def run_stages(ds, stages: Sequence[Stage], timings: dict[str, float] | None = None):
-    """Apply a chain to a Ray dataset: corpus phases count first. Without ``timings`` the stages
-    run fused on an actor pool (models load once per actor); with ``timings`` every stage runs as
-    its own Ray task job, materialized, and its wall time is recorded under its name."""
-    from mm1data.runners.pipeline import apply_stages
-
+def run_chain(ds, stages: Sequence[Stage], rows: int, schema: pa.Schema, timer: str | None = None):
+    """Apply a chain to the Ray dataset ``ds`` of one stream (``rows`` records of ``schema``):
+    per-batch stages fused in Ray tasks, each corpus phase as its two co-partitioned steps.
+    ``timer`` names an actor that sums each stage's seconds (``mm1data filter`` reports them)."""
     pending: list[Stage] = []
     for stage in stages:
         if isinstance(stage, CorpusPhase):
-            ds = apply_stages(ds, pending).materialize() if pending else ds.materialize()
+            ds = apply_stages(ds, pending, timer).materialize() if pending else ds.materialize()
             pending = []
-            t0 = time.perf_counter()
-            stage = stage.prepare(ds)
-            if timings is not None:
-                timings[stage.name + ":count"] = time.perf_counter() - t0
-        if timings is None:
-            pending.append(stage)
+            ds = stage.apply(ds, rows, schema)
         else:
-            t0 = time.perf_counter()
-            ds = ds.map_batches(
-                _apply_one, fn_args=(stage,), batch_size=256, batch_format="pyarrow"
-            ).materialize()
-            timings[stage.name] = timings.get(stage.name, 0.0) + time.perf_counter() - t0
-    return apply_stages(ds, pending) if pending else ds
-
-
-def apply_filters(
-    streams: dict, cfg: FilterConfig, timings: dict[str, dict[str, float]] | None = None
-) -> dict:
-    """Filter every stream (``{stream: ray.data.Dataset}``) with its chain. Rejected rows stay in
-    the datasets with ``reject`` filled; the caller splits kept from rejects."""
-    out = {}
-    for stream, ds in streams.items():
-        t = None if timings is None else timings.setdefault(stream, {})
-        out[stream] = run_stages(ds, filter_stages(cfg, stream), t)
-    return out
+            pending.append(stage)
+    return apply_stages(ds, pending, timer) if pending else ds

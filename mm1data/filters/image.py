@@ -1,8 +1,9 @@
 """Image checks (Pillow, with a decompression-bomb limit) and OBELICS-style interleaved doc rules.
 
-:func:`check_image` judges one encoded image: it must decode, be an allowed format, have its
-shorter side >= ``min_side`` (150 px, OBELICS), longer side <= ``max_side``, aspect ratio <= 3
-and at most ``max_pixels``. Caption pairs with a bad image are dropped (:class:`ImageFilter`);
+:func:`judge_image` judges one image from the format and size ingest recorded when it decoded it
+(once): an allowed format, shorter side >= ``min_side`` (150 px, OBELICS), longer side <=
+``max_side``, aspect ratio <= 3 and at most ``max_pixels``; :func:`check_image` decodes images
+that arrive without those columns. Caption pairs with a bad image are dropped (:class:`ImageFilter`);
 inside an interleaved doc a bad image drops only that item into ``item_rejects``
 (:class:`InterleavedImageFilter`). :class:`InterleavedDocFilter` then applies the doc rules:
 1-30 images, minimum text. :class:`FrequentImageUrlFilter` removes image items whose URL occurs
@@ -12,6 +13,7 @@ in more than ``max_image_url_repeats`` docs (counted over the whole corpus by
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import warnings
 from typing import ClassVar
@@ -24,26 +26,13 @@ from mm1data.config import ImageConfig, InterleavedConfig
 from mm1data.stages import Decision, Filter, Stage, live_mask, set_item_columns
 
 
-def check_image(data: bytes | None, cfg: ImageConfig) -> tuple[str, float, str] | None:
-    """``(reason, score, detail)`` for a bad image, None for a good one."""
-    if not data:
-        return "missing_image", 0.0, "no image bytes"
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as img:
-                fmt = (img.format or "").lower()
-                w, h = img.size
-                if fmt not in cfg.formats:
-                    return "image_format_not_allowed", 0.0, fmt or "unknown"
-                if w * h > cfg.max_pixels:
-                    return "image_too_many_pixels", float(w * h), f"{w}x{h}"
-                if cfg.decode:
-                    img.load()
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        return "image_too_many_pixels", 0.0, str(e)[:200]
-    except Exception as e:  # noqa: BLE001 - any decoder failure is a bad image, not a crash
-        return "undecodable_image", 0.0, f"{type(e).__name__}: {e}"[:200]
+def judge_image(fmt: str | None, w: int, h: int, cfg: ImageConfig) -> tuple[str, float, str] | None:
+    """``(reason, score, detail)`` for an image that breaks a rule, from its recorded format and
+    size alone (ingest decoded it once and recorded them), None for a good one."""
+    if (fmt or "") not in cfg.formats:
+        return "image_format_not_allowed", 0.0, fmt or "unknown"
+    if w * h > cfg.max_pixels:
+        return "image_too_many_pixels", float(w * h), f"{w}x{h}"
     if min(w, h) < cfg.min_side:
         return "image_too_small", float(min(w, h)), f"{w}x{h}"
     if max(w, h) > cfg.max_side:
@@ -52,6 +41,38 @@ def check_image(data: bytes | None, cfg: ImageConfig) -> tuple[str, float, str] 
     if ratio > cfg.max_aspect_ratio:
         return "image_aspect_ratio_too_high", ratio, f"{w}x{h}"
     return None
+
+
+def check_image(data: bytes | None, cfg: ImageConfig) -> tuple[str, float, str] | None:
+    """``(reason, score, detail)`` for a bad encoded image, None for a good one: for images that
+    reach the filter without the size ingest records (it decodes them, once, here)."""
+    if not data:
+        return "missing_image", 0.0, "no image bytes"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as img:
+                fmt = (img.format or "").lower()
+                w, h = img.size
+                early = judge_image(
+                    fmt, w, h, dataclasses.replace(cfg, min_side=0, max_aspect_ratio=float("inf"))
+                )
+                if early is not None:
+                    return early
+                if cfg.decode:
+                    img.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        return "image_too_many_pixels", 0.0, str(e)[:200]
+    except Exception as e:  # noqa: BLE001 - any decoder failure is a bad image, not a crash
+        return "undecodable_image", 0.0, f"{type(e).__name__}: {e}"[:200]
+    return judge_image(fmt, w, h, cfg)
+
+
+def image_verdict(image: bytes | None, fmt: str | None, w: int | None, h: int | None, cfg: ImageConfig):
+    """The verdict on one image: from its recorded format and size, else by decoding it."""
+    if image is not None and w is not None and h is not None and fmt is not None:
+        return judge_image(fmt, w, h, cfg)
+    return check_image(image, cfg)
 
 
 class ImageFilter(Filter):
@@ -66,7 +87,8 @@ class ImageFilter(Filter):
 
     def decide(self, live: pa.Table) -> Decision:
         """Check every row's image."""
-        results = [check_image(b, self.cfg) for b in live.column("image").to_pylist()]
+        cols = [live.column(c).to_pylist() for c in ("image", "format", "width", "height")]
+        results = [image_verdict(*row, self.cfg) for row in zip(*cols, strict=True)]
         return Decision(
             keep=np.array([r is None for r in results], dtype=bool),
             reason=[r and r[0] for r in results],
@@ -110,7 +132,12 @@ class InterleavedImageFilter(Stage):
         Image.MAX_IMAGE_PIXELS = self.cfg.max_pixels
 
     def __call__(self, table: pa.Table) -> pa.Table:
-        return _rewrite_items(table, self.name, lambda item: check_image(item["image"], self.cfg))
+        def judge(item: dict):
+            return image_verdict(
+                item["image"], item.get("format"), item.get("width"), item.get("height"), self.cfg
+            )
+
+        return _rewrite_items(table, self.name, judge)
 
 
 class FrequentImageUrlFilter(Stage):

@@ -1,44 +1,58 @@
-"""The ``mm1data filter`` job: ingest output in, filtered Parquet, rejects and stats.json out."""
+"""The filter phase and the ``mm1data filter`` job (ingest output in, filtered Parquet, rejects
+and stats.json out). ``mm1data build`` runs the same phase, so a chain runs the same way under
+every command."""
 
 from __future__ import annotations
 
-import json
-import time
-from pathlib import Path
+from typing import Any
 
-import pyarrow as pa
-
-from mm1data.config import Recipe
-from mm1data.errors import UsageError
-from mm1data.filters import apply_filters, filter_stages
-from mm1data.schemas import REJECT_INFO, STREAMS
+from mm1data.config import FilterConfig, Recipe, to_dict
+from mm1data.filters import filter_stages, run_chain
+from mm1data.runners.executor import Context, Data, Output, Phase, stream_output
+from mm1data.schemas import STREAM_SCHEMAS, STREAMS
 from mm1data.stages import Stage
 
 
-def with_reject_column(table: pa.Table) -> pa.Table:
-    """Add back the null ``reject`` column that kept rows lose when written."""
-    if "reject" in table.column_names:
-        return table
-    return table.append_column(pa.field("reject", REJECT_INFO), pa.nulls(table.num_rows, type=REJECT_INFO))
+class FilterPhase(Phase):
+    """Every stream through its filter chain (:func:`mm1data.filters.filter_stages`).
+
+    With ``timed`` the seconds each stage spent on workers are summed by a Ray actor and reported
+    in ``stats.json`` under ``filter.seconds`` (``mm1data filter``); the build skips that actor."""
+
+    name = "filter"
+
+    def __init__(self, cfg: FilterConfig, timed: bool = False) -> None:
+        self.cfg, self.timed = cfg, timed
+
+    def fingerprint(self) -> Any:
+        return to_dict(self.cfg)
+
+    def declare(self, data: Data) -> tuple[Output, ...]:
+        return tuple(stream_output(s) for s in STREAMS if s in data)
+
+    def run(self, data: Data, ctx: Context) -> dict[str, Any]:
+        timer = None
+        if self.timed:
+            import ray
+
+            from mm1data.runners.pipeline import StageTimer
+
+            timer = f"mm1data-stage-timer-{id(self)}"
+            actor = ray.remote(StageTimer).options(name=timer, num_cpus=0).remote()
+        out = {}
+        for stream in STREAMS:
+            if stream in data:
+                stages = filter_stages(self.cfg, stream)
+                out[stream] = run_chain(
+                    data.kept(stream), stages, data.rows(stream), STREAM_SCHEMAS[stream], timer
+                )
+        if timer:
+            out = {s: ds.materialize() for s, ds in out.items()}
+            ctx.info["filter"] = {"seconds": ray.get(actor.totals.remote())}
+        return out
 
 
-def read_ingest(input_dir: str) -> dict:
-    """One Ray dataset per stream found under ``input_dir`` (``mm1data ingest`` output)."""
-    import ray.data
-
-    streams = {}
-    for stream in STREAMS:
-        path = Path(input_dir) / stream
-        if path.is_dir() and any(path.rglob("*.parquet")):
-            streams[stream] = ray.data.read_parquet(str(path)).map_batches(
-                with_reject_column, batch_format="pyarrow"
-            )
-    if not streams:
-        raise UsageError(f"no ingest output (caption/, interleaved/ or text/ Parquet) under {input_dir}")
-    return streams
-
-
-def stage_stats(stages: list[Stage], counts: dict, timings: dict[str, float]) -> list[dict]:
+def stage_stats(stages: list[Stage], counts: dict, seconds: dict[str, float]) -> list[dict]:
     """Per stage: in, kept, dropped per reason, seconds, records/s; in = kept + dropped."""
     rows, alive = [], counts["read"]
     for stage in stages:
@@ -53,7 +67,7 @@ def stage_stats(stages: list[Stage], counts: dict, timings: dict[str, float]) ->
             for k, v in counts["item_rejects_by_reason"].items()
             if k.split("/", 1)[0] == name
         }
-        secs = timings.get(name, 0.0) + timings.get(name + ":count", 0.0)
+        secs = seconds.get(name, 0.0)
         kept = alive - sum(dropped.values())
         row = {"stage": name, "in": alive, "kept": kept, "dropped": dropped, "seconds": round(secs, 3)}
         if items:
@@ -65,21 +79,18 @@ def stage_stats(stages: list[Stage], counts: dict, timings: dict[str, float]) ->
 
 
 def run_filter(recipe: Recipe, input_dir: str, output: str) -> dict:
-    """Filter every stream of ``input_dir`` into ``output``; returns (and writes) the stats."""
-    from mm1data.runners.pipeline import write_stream
-    from mm1data.runners.ray_session import ray_session
+    """Filter every stream of ``input_dir`` into ``output``; returns (and writes) the stats, with
+    per stage of each chain: in, kept, dropped per reason, seconds and records/s."""
+    from mm1data.ingest.job import ReadRecordsPhase, export_streams
+    from mm1data.runners.executor import Executor
 
-    with ray_session(recipe.ray.address, recipe.ray.num_cpus):
-        streams = read_ingest(input_dir)
-        timings: dict[str, dict[str, float]] = {}
-        t0 = time.perf_counter()
-        filtered = apply_filters(streams, recipe.filters, timings)
-        stats: dict = {"streams": {}}
-        for stream, ds in filtered.items():
-            counts = write_stream(ds, stream, output).as_dict()
-            counts["stages"] = stage_stats(filter_stages(recipe.filters, stream), counts, timings[stream])
-            stats["streams"][stream] = counts
-        stats["seconds"] = round(time.perf_counter() - t0, 3)
-    Path(output).mkdir(parents=True, exist_ok=True)
-    (Path(output) / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
-    return stats
+    def amend(stats: dict, data: Data) -> dict:
+        export_streams(data, output)
+        seconds = stats.get("filter", {}).get("seconds", {})
+        for stream, counts in stats["streams"].items():
+            counts["stages"] = stage_stats(filter_stages(recipe.filters, stream), counts, seconds)
+        stats["seconds"] = stats["timings_s"].get("filter", 0.0)
+        return stats
+
+    phases = [ReadRecordsPhase(input_dir), FilterPhase(recipe.filters, timed=True)]
+    return Executor(output, recipe.ray.address, recipe.ray.num_cpus).run(phases, amend=amend).stats

@@ -13,7 +13,7 @@ import pyarrow as pa
 
 from mm1data.config import IngestConfig, SourceSpec
 from mm1data.errors import UsageError
-from mm1data.ingest import captions, interleaved, text
+from mm1data.ingest import captions, interleaved, synthetic, text
 from mm1data.ingest.base import Unit, expand_paths
 
 Reader = Callable[[Unit, IngestConfig], Iterator[pa.Table]]
@@ -28,6 +28,7 @@ READERS: dict[tuple[str, str], Reader] = {
     ("interleaved", "zim"): interleaved.read_zim,
     ("text", "jsonl"): text.read_jsonl,
     ("text", "parquet"): text.read_parquet_text,
+    ("synthetic_caption", "jsonl"): synthetic.read_synthetic,
 }
 
 EXTENSIONS: dict[str, dict[str, str]] = {
@@ -48,6 +49,7 @@ EXTENSIONS: dict[str, dict[str, str]] = {
         ".json.zst": "jsonl",
         ".parquet": "parquet",
     },
+    "synthetic_caption": {".jsonl": "jsonl", ".jsonl.gz": "jsonl", ".jsonl.zst": "jsonl"},
 }
 
 

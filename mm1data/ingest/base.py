@@ -99,12 +99,14 @@ def reject_info(reason: str, detail: str | None = None, score: float | None = No
 
 @dataclass(frozen=True)
 class ImageInfo:
-    """What ingest records about an image: hash, size and format."""
+    """What ingest records about an image: hash, size, format and its perceptual hashes."""
 
     sha256: str
     width: int
     height: int
     format: str
+    phash: int | None = None
+    dhash: int | None = None
 
 
 class BadImage(Exception):
@@ -117,11 +119,15 @@ class BadImage(Exception):
 
 
 def describe_image(data: bytes | None, cfg: IngestConfig) -> ImageInfo:
-    """Hash and measure an encoded image; decode it (JPEG at 1/8 scale) to prove it is whole.
+    """The one decode of an image when it is first read: hash it, measure it, and decode the whole
+    stream once (JPEG at a reduced scale, in grayscale) to prove it is whole and to compute its
+    perceptual hashes (:mod:`mm1data.dedup.image_hash`), which later phases read as columns.
 
     Raises :class:`BadImage` with reason ``image_empty``, ``image_too_large`` (bytes),
     ``decompression_bomb`` (pixels) or ``image_undecodable``.
     """
+    from mm1data.dedup.image_hash import hashes_of
+
     if not data:
         raise BadImage("image_empty", "zero-byte image")
     if len(data) > cfg.max_image_bytes:
@@ -134,16 +140,14 @@ def describe_image(data: bytes | None, cfg: IngestConfig) -> ImageInfo:
                 fmt = (img.format or "unknown").lower()
                 if width * height > cfg.max_image_pixels:
                     raise BadImage("decompression_bomb", f"{width}x{height} pixels > {cfg.max_image_pixels}")
-                if fmt == "jpeg":
-                    img.draft("RGB", (max(1, width // 8), max(1, height // 8)))  # fast 1/8-scale decode
-                img.load()  # decodes the whole stream: catches truncated and corrupt data
+                phash, dhash = hashes_of(img)  # decodes the whole stream: catches truncated data
     except BadImage:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise BadImage("decompression_bomb", str(e)[:200]) from e
     except Exception as e:  # Pillow raises many types for corrupt data
         raise BadImage("image_undecodable", f"{type(e).__name__}: {str(e)[:200]}") from e
-    return ImageInfo(hashlib.sha256(data).hexdigest(), width, height, fmt)
+    return ImageInfo(hashlib.sha256(data).hexdigest(), width, height, fmt, phash, dhash)
 
 
 def image_fields(data: bytes, info: ImageInfo) -> dict:
@@ -154,6 +158,8 @@ def image_fields(data: bytes, info: ImageInfo) -> dict:
         "width": info.width,
         "height": info.height,
         "format": info.format,
+        "phash": info.phash,
+        "dhash": info.dhash,
     }
 
 

@@ -1,161 +1,187 @@
-"""The ingest job: plan sources on the driver, read them on Ray Data, write Parquet + stats.json.
+"""The ingest phase (sources → normalized records on Ray Data) and the ``mm1data ingest`` job.
 
-Output layout under ``--output``: ``<stream>/*.parquet`` (kept rows, stream schema without the
-``reject`` column), ``rejects/<stream>/*.parquet`` (:data:`~mm1data.schemas.REJECT` rows) and
-``stats.json`` (counts per stream and per reject reason, wall time, Ray start-up time).
+Sources are planned into work units on the driver (one per file; a bad path or format fails
+fast), then read on workers; synthetic captions are joined onto caption pairs on workers
+(:mod:`mm1data.ingest.synthetic`). ``mm1data ingest`` runs this one phase through the executor
+and exports the kept records: ``<stream>/*.parquet`` (stream schema without ``reject``),
+``rejects/<stream>/`` and ``stats.json``.
 """
 
 from __future__ import annotations
 
-import json
-import time
+import dataclasses
 from collections.abc import Iterator
+from typing import Any
 
-import fsspec
 import pyarrow as pa
 
-from mm1data.config import IngestConfig, Recipe
+from mm1data.config import IngestConfig, Recipe, Sources, to_dict
+from mm1data.errors import UsageError
 from mm1data.ingest import plan, read_unit
 from mm1data.ingest.base import Unit
-from mm1data.ingest.synthetic import AttachSynthetic, read_synthetic, require_specs, synthetic_index
-from mm1data.runners.pipeline import StreamStats, stats_json, write_stream
-from mm1data.runners.ray_session import ray_session
-from mm1data.schemas import REJECT
+from mm1data.ingest.synthetic import SYNTHETIC_LINE, join_synthetic, require_specs, unmatched_lines
+from mm1data.io.fs import fsspec_fs
+from mm1data.runners.executor import Context, Data, Phase, count_rows, stream_output
+from mm1data.schemas import STREAM_SCHEMAS
 
 SOURCE_FIELDS = {"caption": "captions", "interleaved": "interleaved", "text": "text"}
 
 
 def plan_streams(recipe: Recipe) -> dict[str, list[Unit]]:
-    """Work units per stream; fails fast (``UsageError``) on any bad source before Ray starts."""
+    """Work units per stream (``synthetic_caption`` too); fails fast (``UsageError``) on any bad
+    source before Ray starts."""
     require_specs(recipe.sources.synthetic_captions)
     units = {}
-    for stream, field in SOURCE_FIELDS.items():
-        specs = getattr(recipe.sources, field)
+    for stream, name in SOURCE_FIELDS.items():
+        specs = getattr(recipe.sources, name)
         if specs:
             units[stream] = [u for spec in specs for u in plan(stream, spec)]
     if not units:
-        from mm1data.errors import UsageError
-
         raise UsageError("no caption, interleaved or text sources given")
+    synthetic = recipe.sources.synthetic_captions
+    if synthetic:
+        specs = [dataclasses.replace(s, format="jsonl") for s in synthetic]
+        units["synthetic_caption"] = [u for spec in specs for u in plan("synthetic_caption", spec)]
     return units
 
 
-def _read_units(batch: pa.Table, cfg: IngestConfig, synthetic: dict) -> Iterator[pa.Table]:
+def read_units(batch: pa.Table, cfg: IngestConfig) -> Iterator[pa.Table]:
     """Ray Data UDF: read every unit named in ``batch`` (one per row), yielding record batches."""
-    attach = AttachSynthetic(synthetic)
     for text in batch.column("unit").to_pylist():
-        unit = Unit.from_json(text)
-        for table in read_unit(unit, cfg):
-            yield attach(table) if unit.stream == "caption" else table
+        yield from read_unit(Unit.from_json(text), cfg)
 
 
-def read_streams(
-    recipe: Recipe, units: dict[str, list[Unit]] | None = None, synthetic: dict | None = None
-) -> dict:
-    """One Ray dataset per stream present, in the stream schema with the ``reject`` column.
-
-    Synthetic captions are joined onto caption pairs while reading. Requires Ray to be running.
-    """
+def read_stream(units: list[Unit], cfg: IngestConfig):
+    """The records of ``units`` (one stream) as a lazy Ray dataset, one read task per unit."""
     import ray.data
 
-    units = units if units is not None else plan_streams(recipe)
-    if synthetic is None:
-        synthetic = synthetic_index(read_synthetic(recipe.sources.synthetic_captions)[0])
-    out = {}
-    for stream, stream_units in units.items():
-        ds = ray.data.from_items(
-            [{"unit": u.to_json()} for u in stream_units], override_num_blocks=len(stream_units)
-        )
-        out[stream] = ds.map_batches(
-            _read_units, fn_args=(recipe.ingest, synthetic), batch_size=1, batch_format="pyarrow"
-        )
-    return out
+    ds = ray.data.from_items([{"unit": u.to_json()} for u in units], override_num_blocks=len(units))
+    return ds.map_batches(read_units, fn_args=(cfg,), batch_size=1, batch_format="pyarrow")
 
 
-def synthetic_rejects(bad: list[dict], unmatched: list[dict]) -> pa.Table:
-    """REJECT rows for synthetic captions: unreadable lines and captions whose image is absent."""
-    rows = [
-        {
-            "id": b["id"],
-            "stream": "synthetic_caption",
-            "stage": "ingest",
-            "reason": b["reason"],
-            "lineage": {"source": b["source"], "offset": b["offset"]},
-        }
-        for b in bad
-    ] + [
-        {
-            "id": f"synthetic:{u['image_key']}",
-            "stream": "synthetic_caption",
-            "stage": "ingest",
-            "reason": "no_matching_image",
-            "detail": u["image_key"],
-        }
-        for u in unmatched
+def source_signature(units: dict[str, list[Unit]]) -> list:
+    """Each source file with its size and mtime, so an edited input invalidates the ingest phase."""
+    sig = []
+    for stream, us in sorted(units.items()):
+        for u in us:
+            fs, path = fsspec_fs(u.path)
+            try:
+                info = fs.info(path)
+                sig.append([stream, u.to_json(), info.get("size"), str(info.get("mtime", info.get("ETag")))])
+            except (FileNotFoundError, OSError):
+                sig.append([stream, u.to_json(), None, None])
+    return sig
+
+
+class IngestPhase(Phase):
+    """Read every source into records of the stream schemas (bad records become rejects)."""
+
+    name = "ingest"
+
+    def __init__(self, sources: Sources, cfg: IngestConfig, units: dict[str, list[Unit]]) -> None:
+        self.sources, self.cfg, self.units = sources, cfg, units
+        self.outputs = tuple(stream_output(s) for s in units)
+
+    def fingerprint(self) -> Any:
+        return [to_dict(self.sources), to_dict(self.cfg), source_signature(self.units)]
+
+    def run(self, data: Data, ctx: Context) -> dict[str, Any]:
+        out = {s: read_stream(us, self.cfg) for s, us in self.units.items()}
+        if "synthetic_caption" in out and "caption" in out:
+            captions = out["caption"].materialize()
+            lines = out["synthetic_caption"].materialize()
+            out["caption"], out["synthetic_caption"] = join_synthetic(
+                captions, lines, count_rows(captions), count_rows(lines)
+            )
+        elif "synthetic_caption" in out:
+            out["synthetic_caption"] = out["synthetic_caption"].map_batches(unmatched_lines, batch_format="pyarrow")
+        return out
+
+
+class ReadRecordsPhase(Phase):
+    """The records of an earlier job's output (``<input>/<stream>/*.parquet``), for ``mm1data
+    filter`` and ``mm1data dedup``; not checkpointed (it only reads)."""
+
+    name = "read"
+    checkpoint = False
+
+    def __init__(self, input_dir: str) -> None:
+        self.input_dir = input_dir.rstrip("/")
+        fs, root = fsspec_fs(self.input_dir)
+        self.found = [
+            s
+            for s in STREAM_SCHEMAS
+            if fs.isdir(f"{root}/{s}") and any(p.endswith(".parquet") for p in fs.find(f"{root}/{s}"))
+        ]
+        if not self.found:
+            raise UsageError(f"no ingest output (caption/, interleaved/ or text/ Parquet) under {input_dir}")
+        self.outputs = tuple(stream_output(s) for s in self.found)
+
+    def fingerprint(self) -> Any:
+        return [self.input_dir]
+
+    def run(self, data: Data, ctx: Context) -> dict[str, Any]:
+        import ray.data
+
+        from mm1data.io.fs import arrow_fs
+
+        out = {}
+        for s in self.found:
+            fs, path = arrow_fs(f"{self.input_dir}/{s}")
+            out[s] = ray.data.read_parquet(path, filesystem=fs).map_batches(
+                with_reject_column, fn_args=(s,), batch_format="pyarrow"
+            )
+        return out
+
+
+def with_reject_column(table: pa.Table, stream: str) -> pa.Table:
+    """A stored batch in its full stream schema: the null ``reject`` column kept rows lose when
+    exported, and any column an older writer did not have (nulls built from Python values:
+    ``pa.nulls`` of a struct leaves nulls in non-nullable children, which Parquet refuses)."""
+    schema = STREAM_SCHEMAS[stream]
+    cols = [
+        table.column(f.name) if f.name in table.column_names else pa.array([None] * table.num_rows, f.type)
+        for f in schema
     ]
-    return pa.Table.from_pylist(rows, schema=REJECT)
+    return pa.table(cols, schema=schema)
 
 
-def clear_output(output: str, names: list[str]) -> None:
-    """Remove earlier results under ``output`` so a rerun never mixes old and new files."""
-    fs, root = fsspec.core.url_to_fs(output)
-    for name in names:
-        path = f"{root.rstrip('/')}/{name}"
-        if fs.exists(path):
-            fs.rm(path, recursive=True)
-    fs.makedirs(root, exist_ok=True)
+def export_streams(data: Data, output: str, streams: tuple[str, ...] = tuple(STREAM_SCHEMAS)) -> None:
+    """Write the kept records of ``streams`` as ``output/<stream>/*.parquet`` (without ``reject``)."""
+    from mm1data.io.fs import arrow_fs
+
+    for s in streams:
+        if s not in data:
+            continue
+        fs, path = arrow_fs(f"{output.rstrip('/')}/{s}")
+        fsspec, local = fsspec_fs(f"{output.rstrip('/')}/{s}")
+        if fsspec.exists(local):
+            fsspec.rm(local, recursive=True)
+        data.kept(s).drop_columns(["reject"]).write_parquet(path, filesystem=fs, min_rows_per_file=100_000)
 
 
 def run_ingest(recipe: Recipe, output: str, quiet: bool = False) -> dict:
     """Ingest every source of ``recipe`` into ``output``; returns (and writes) the stats."""
-    start = time.perf_counter()
+    from mm1data.report import StageLog
+    from mm1data.runners.executor import Executor
+
     units = plan_streams(recipe)
-    synth_table, synth_bad = read_synthetic(recipe.sources.synthetic_captions)
-    synthetic = synthetic_index(synth_table)
-    clear_output(output, [*units, "rejects", "stats.json"])
-    with ray_session(recipe.ray.address, recipe.ray.num_cpus, quiet=quiet):
-        ray_start_s = time.perf_counter() - start
-        datasets = read_streams(recipe, units, synthetic)
-        per_stream: dict[str, StreamStats] = {}
-        for stream, ds in datasets.items():
-            per_stream[stream] = write_stream(ds, stream, output)
-        if synth_table.num_rows or synth_bad:
-            per_stream["synthetic_caption"] = _synthetic_stats(
-                output, synth_table, synth_bad, datasets.get("caption")
-            )
-    stats = json.loads(
-        stats_json(
-            per_stream,
-            {
-                "output": output,
-                "wall_s": round(time.perf_counter() - start, 3),
-                "ray_start_s": round(ray_start_s, 3),
-                "units": {s: len(u) for s, u in units.items()},
-            },
-        )
-    )
-    with fsspec.open(f"{output.rstrip('/')}/stats.json", "w") as f:
-        json.dump(stats, f, indent=2)
-    return stats
+
+    def amend(stats: dict, data: Data) -> dict:
+        export_streams(data, output)
+        stats["units"] = {s: len(u) for s, u in units.items()}
+        stats["ray_start_s"] = stats["timings_s"]["ray_start"]
+        return stats
+
+    executor = Executor(output, recipe.ray.address, recipe.ray.num_cpus, StageLog(quiet=True))
+    return executor.run([IngestPhase(recipe.sources, recipe.ingest, units)], amend=amend).stats
 
 
-def _synthetic_stats(output: str, table: pa.Table, bad: list[dict], captions) -> StreamStats:
-    """Count synthetic captions: attached to a kept pair, or rejected (bad line, no image)."""
-    import pyarrow.parquet as pq
-
-    keys: set[str] = set()
-    if captions is not None:
-        cols = captions.select_columns(["id", "image_sha256", "reject"]).take_all()
-        keys = {k for r in cols if r["reject"] is None for k in (r["id"], r["image_sha256"]) if k}
-    unmatched = [r for r in table.to_pylist() if r["image_key"] not in keys]
-    rejects = synthetic_rejects(bad, unmatched)
-    fs, root = fsspec.core.url_to_fs(output)
-    fs.makedirs(f"{root}/rejects/synthetic_caption", exist_ok=True)
-    with fs.open(f"{root}/rejects/synthetic_caption/part-0.parquet", "wb") as f:
-        pq.write_table(rejects, f)
-    stats = StreamStats(read=table.num_rows + len(bad), kept=table.num_rows - len(unmatched))
-    stats.rejected = rejects.num_rows
-    for reason in rejects.column("reason").to_pylist():
-        key = f"ingest/{reason}"
-        stats.rejected_by_reason[key] = stats.rejected_by_reason.get(key, 0) + 1
-    return stats
+__all__ = [
+    "IngestPhase",
+    "ReadRecordsPhase",
+    "SYNTHETIC_LINE",
+    "export_streams",
+    "plan_streams",
+    "run_ingest",
+]

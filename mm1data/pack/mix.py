@@ -89,12 +89,17 @@ def _fit_prefix(perm: np.ndarray, weight: np.ndarray, budget: float) -> np.ndarr
 
 
 def select(
-    groups: np.ndarray, weight: np.ndarray, target: dict[str, float], seed: int, upsample: bool = False
+    groups: np.ndarray,
+    weight: np.ndarray,
+    target: dict[str, float],
+    seed: int | tuple[int, ...],
+    upsample: bool = False,
 ) -> Selection:
     """Choose items per group to meet ``target`` shares of the total ``weight``.
 
     ``groups[i]`` is item i's mix group, ``weight[i]`` its size in the mix unit. Groups not in
-    ``target`` are not used. A target group with nothing available fails (nothing could be built).
+    ``target`` are not used. ``seed`` (an int or a tuple, e.g. seed and plan partition) seeds the
+    permutations with the group and the epoch. A target group with nothing available fails (nothing could be built).
     """
     avail = {g: float(weight[groups == g].sum()) for g in target}
     empty = [g for g, a in avail.items() if a <= 0]
@@ -131,7 +136,8 @@ def _take(groups, weight, target, seed, avail, scale):
         budget = w * scale
         parts, epoch = [], 0
         while budget > 1e-9:
-            perm = idx[np.random.default_rng([seed, gi, epoch]).permutation(len(idx))]
+            key = [*seed, gi, epoch] if isinstance(seed, tuple) else [seed, gi, epoch]
+            perm = idx[np.random.default_rng(key).permutation(len(idx))]
             whole = avail[g] <= budget + 1e-9
             take = perm if whole else _fit_prefix(perm, weight, budget)
             if len(take):

@@ -53,9 +53,12 @@ def plan_build(
     images: np.ndarray,
     cfg: BuildConfig,
     image_bytes: np.ndarray | None = None,
+    partition: int | None = None,
 ) -> Plan:
     """Plan a build over examples described by their ``streams``, ``tokens`` and ``images`` counts
-    (and JPEG ``image_bytes``, used only with ``shard_bytes``)."""
+    (and JPEG ``image_bytes``, used only with ``shard_bytes``). ``partition`` (a plan partition)
+    joins the seed of the selection, so partitions draw independent permutations."""
+    seed = cfg.seed if partition is None else (cfg.seed, partition)
     streams = np.asarray(streams, dtype=object)
     tokens = np.asarray(tokens, dtype=np.int64)
     images = np.asarray(images, dtype=np.int64)
@@ -95,7 +98,7 @@ def plan_build(
                 seq_group.append(g)
         seq_group_arr = np.array(seq_group, dtype=object)
         ones = np.ones(len(seqs))
-        sel = select(seq_group_arr, ones, target, cfg.seed, cfg.upsample)
+        sel = select(seq_group_arr, ones, target, seed, cfg.upsample)
         order = interleave(sel.order, ones, target)
         shard_seqs = [order[i : i + cfg.shard_size] for i in range(0, len(order), cfg.shard_size)]
         shards = [[seqs[j] for j in chunk] for chunk in shard_seqs]
@@ -103,7 +106,7 @@ def plan_build(
         overall = realized(seq_group_arr, ones, order, names)
     else:
         weight = tokens.astype(float) if cfg.mix_unit == "tokens" else np.ones(len(tokens))
-        sel = select(groups, weight, target, cfg.seed, cfg.upsample)
+        sel = select(groups, weight, target, seed, cfg.upsample)
         order = interleave(sel.order, weight, target)
         shards, per_shard = [], []
         for chunk, bins in _shard_chunks(order, tokens, images, nbytes, cfg, pack_chunk):

@@ -7,6 +7,7 @@ module is the only place that turns them into Ray Data operators.
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -18,36 +19,67 @@ import pyarrow.compute as pc
 from mm1data.schemas import REJECT, STREAM_SCHEMAS
 from mm1data.stages import Stage, live_mask
 
+_CHAINS: dict[str, list[Stage]] = {}
+_TIMERS: dict[str, object] = {}
 
-class StageChain:
-    """Ray Data callable class: ``setup()`` each stage once per worker, then apply them in order."""
 
-    def __init__(self, stages: Sequence[Stage]) -> None:
-        self.stages = list(stages)
-        for stage in self.stages:
+def chain_token(stages: Sequence[Stage]) -> str:
+    """A name for a chain's configuration: workers set a chain up once per process and token."""
+    from mm1data.runners.workdir import fingerprint
+
+    return fingerprint([(type(s).__name__, repr(sorted(vars(s).items()))) for s in stages])
+
+
+def run_stage_chain(table: pa.Table, stages: Sequence[Stage], token: str, timer: str | None) -> pa.Table:
+    """Ray Data UDF: apply ``stages`` in order; ``setup()`` runs once per worker process (models load
+    once), and with ``timer`` each stage's seconds and rows go to that named actor."""
+    chain = _CHAINS.get(token)
+    if chain is None:
+        chain = list(stages)
+        for stage in chain:
             stage.setup()
+        _CHAINS[token] = chain
+    seconds = []
+    for stage in chain:
+        t0 = time.perf_counter()
+        rows = table.num_rows
+        table = stage(table)
+        seconds.append((stage.name, time.perf_counter() - t0, rows))
+    if timer:
+        import ray
 
-    def __call__(self, table: pa.Table) -> pa.Table:
-        for stage in self.stages:
-            table = stage(table)
-        return table
+        if timer not in _TIMERS:
+            _TIMERS[timer] = ray.get_actor(timer)
+        _TIMERS[timer].add.remote(seconds)
+    return table
 
 
-def apply_stages(ds, stages: Sequence[Stage], batch_size: int = 256, actors: int | None = None):
-    """Apply ``stages`` to ``ds`` batch by batch on an actor pool (setup runs once per actor)."""
-    import ray.data
-
+def apply_stages(ds, stages: Sequence[Stage], timer: str | None = None, batch_size: int = 256):
+    """Apply ``stages`` to ``ds`` batch by batch in Ray tasks (set up once per worker process)."""
     if not stages:
         return ds
-    size = actors or max(1, int(ray.available_resources().get("CPU", 1)))
     return ds.map_batches(
-        StageChain,
-        fn_constructor_args=(list(stages),),
+        run_stage_chain,
+        fn_args=(list(stages), chain_token(stages), timer),
         batch_size=batch_size,
         batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=size),
-        num_cpus=0.5,
     )
+
+
+class StageTimer:
+    """Ray actor that sums each stage's seconds and rows across workers (``mm1data filter``)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    def add(self, entries: list[tuple[str, float, int]]) -> None:
+        """Add one batch's (stage, seconds, rows) entries."""
+        for name, secs, _ in entries:
+            self.seconds[name] = self.seconds.get(name, 0.0) + secs
+
+    def totals(self) -> dict[str, float]:
+        """Seconds per stage so far."""
+        return dict(self.seconds)
 
 
 def to_rejects(table: pa.Table, stream: str) -> pa.Table:

@@ -9,11 +9,8 @@ fingerprints, everything downstream of it, and nothing upstream.
 
 Layout (``<output>/_work``)::
 
-    ingest/<stream>/*.parquet   ingest/_SUCCESS
-    filter/<stream>/*.parquet   filter/_SUCCESS
-    dedup/<stream>/*.parquet    dedup/_SUCCESS
-    examples/*.parquet          examples/_SUCCESS
-    shards/shard-NNNNNN.json    (one marker per written shard tar)
+    <phase>/<output>/*.parquet   <phase>/_SUCCESS    (one folder per phase, see runners/executor.py)
+    shards/shard-PPPPP-SSSSS.json                    (one marker per written shard tar)
 """
 
 from __future__ import annotations
@@ -74,26 +71,27 @@ class WorkDir:
         with self.fs.open(self._local(stage, MARKER), "w") as f:
             json.dump({"fingerprint": fp, **(info or {})}, f, indent=1)
 
-    def write_dataset(self, ds: Any, *names: str) -> int:
-        """Materialize Ray dataset ``ds`` as Parquet under ``names``; returns its row count.
+    def write_dataset(self, ds: Any, *names: str, schema: pa.Schema | None = None) -> None:
+        """Stream Ray dataset ``ds`` into Parquet under ``names`` (no materialization first).
 
-        A schema-only file is written as well, so an empty dataset reads back with its columns."""
+        When nothing is written, a schema-only file (``schema``, else the dataset's) keeps the
+        columns for :meth:`read_dataset`."""
         import pyarrow.parquet as pq
 
-        url = self.url(*names)
-        fs, path = arrow_fs(url)
-        ds = ds.materialize()
+        fs, path = arrow_fs(self.url(*names))
         ds.write_parquet(path, filesystem=fs)
-        schema = ds.schema()
+        local = self._local(*names)
+        if self.fs.exists(local) and any(p.endswith(".parquet") for p in self.fs.ls(local, detail=False)):
+            return
+        if schema is None:  # nothing was written: keep the columns (re-running an empty pipeline)
+            schema = ds.schema()
         arrow_schema = getattr(schema, "base_schema", schema)
-        if isinstance(arrow_schema, pa.Schema):
-            self.fs.makedirs(self._local(*names), exist_ok=True)
-            with self.fs.open(self._local(*names, "_schema.parquet"), "wb") as f:
-                pq.write_table(arrow_schema.empty_table(), f)
-        return ds.count()
+        self.fs.makedirs(local, exist_ok=True)
+        with self.fs.open(f"{local}/_schema.parquet", "wb") as f:
+            pq.write_table(arrow_schema.empty_table(), f)
 
-    def read_dataset(self, *names: str) -> Any:
-        """The Ray dataset stored by :meth:`write_dataset` under ``names``."""
+    def read_dataset(self, *names: str, columns: list[str] | None = None) -> Any:
+        """The Ray dataset stored by :meth:`write_dataset` under ``names`` (only ``columns``, if given)."""
         import pyarrow.parquet as pq
         import ray.data
 
@@ -102,9 +100,9 @@ class WorkDir:
         data = [p for p in files if not p.endswith("_schema.parquet")]
         if not data:
             with self.fs.open(f"{local}/_schema.parquet", "rb") as f:
-                return ray.data.from_arrow(pq.read_table(f))
+                return ray.data.from_arrow(pq.read_table(f, columns=columns))
         fs, _ = arrow_fs(self.url(*names))
-        return ray.data.read_parquet(data, filesystem=fs)
+        return ray.data.read_parquet(data, filesystem=fs, columns=columns)
 
     def commit_shard(self, name: str, row: dict, fp: str) -> None:
         """Mark shard tar ``name`` (already written whole) as done for the plan ``fp``."""

@@ -8,7 +8,6 @@ the same plan gives the same bytes on any worker.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import tarfile
@@ -21,14 +20,14 @@ VERSION = 1
 MTIME = 0  # every tar member: 1970-01-01, uid/gid 0, mode 0644, no owner names
 
 
-def shard_name(shard: int) -> str:
-    """File name of shard ``shard`` inside the dataset folder."""
-    return f"shard-{shard:05d}.tar"
+def shard_name(part: int, index: int) -> str:
+    """File name of shard ``index`` of plan partition ``part`` inside the dataset folder."""
+    return f"shard-{part:05d}-{index:05d}.tar"
 
 
-def sample_key(shard: int, seq: int) -> str:
-    """WebDataset key of sequence ``seq`` of shard ``shard`` (no dots)."""
-    return f"{shard:05d}-{seq:06d}"
+def sample_key(part: int, index: int, seq: int) -> str:
+    """WebDataset key of sequence ``seq`` of shard ``index`` of plan partition ``part`` (no dots)."""
+    return f"{part:05d}-{index:05d}-{seq:06d}"
 
 
 def npy_bytes(a: np.ndarray) -> bytes:
@@ -101,7 +100,8 @@ def tar_bytes(samples: list[tuple[str, dict[str, bytes]]]) -> bytes:
 
 SHARD_STATS = pa.schema(
     [
-        pa.field("shard", pa.int64()),
+        pa.field("shard_part", pa.int32()),
+        pa.field("shard_index", pa.int32()),
         pa.field("path", pa.string()),
         pa.field("bytes", pa.int64()),
         pa.field("sha256", pa.string()),
@@ -109,60 +109,27 @@ SHARD_STATS = pa.schema(
         pa.field("images", pa.int64()),
         pa.field("tokens", pa.string()),  # JSON {stream: non-pad tokens}
         pa.field("examples", pa.string()),  # JSON {stream: examples}
+        pa.field("mix", pa.string()),  # JSON {mix group: realized share in the mix unit}
+        pa.field("full", pa.bool_()),  # False: its partition's last shard, short of shard_size
+        pa.field("resumed", pa.bool_()),  # written by an earlier run of the same plan
     ]
 )
 
 
-def write_shard(
-    table: pa.Table,
-    output: str,
-    seq_len: int,
-    pad_id: int,
-    slot_len: int,
-    plan_fingerprint: str = "",
-) -> pa.Table:
-    """Ray Data ``map_groups`` UDF: the placements of one shard (payload + ``shard``, ``seq``,
-    ``slot`` columns) → the tar at ``output/shard-NNNNN.tar``; returns its :data:`SHARD_STATS` row.
-
-    The tar appears whole or not at all (written beside and renamed locally; one PUT on S3), and
-    then its marker ``output/_work/shards/<name>.json`` (stats row + ``plan_fingerprint``) is
-    written, so a resumed build skips it."""
-    from mm1data.io.fs import fsspec_fs, is_s3
-    from mm1data.runners.workdir import WorkDir
-
-    rows = table.to_pylist()
-    rows.sort(key=lambda r: (r["seq"], r["slot"]))
-    shard = rows[0]["shard"]
-    samples, tokens, examples, images = [], {}, {}, 0
+def shard_tar(rows: list[dict], part: int, index: int, seq_len: int, pad_id: int, slot_len: int) -> tuple[bytes, dict]:
+    """The tar of one shard from its placed examples (rows with ``seq``, ``slot`` and the EXAMPLE
+    payload) and its counts: sequences, images, tokens and examples per stream."""
+    rows = sorted(rows, key=lambda r: (r["seq"], r["slot"]))
     by_seq: dict[int, list[dict]] = {}
+    tokens: dict[str, int] = {}
+    examples: dict[str, int] = {}
+    images = 0
     for r in rows:
         r["slot_len"] = slot_len
         by_seq.setdefault(r["seq"], []).append(r)
         tokens[r["stream"]] = tokens.get(r["stream"], 0) + r["n_tokens"]
         examples[r["stream"]] = examples.get(r["stream"], 0) + 1
         images += r["n_images"]
-    for seq in sorted(by_seq):
-        samples.append((sample_key(shard, seq), assemble(by_seq[seq], seq_len, pad_id)))
-    data = tar_bytes(samples)
-    name = shard_name(shard)
-    fs, root = fsspec_fs(output)
-    final = f"{root}/{name}"
-    if is_s3(output):
-        fs.pipe_file(final, data)
-    else:
-        fs.makedirs(root, exist_ok=True)
-        tmp = f"{final}.partial"
-        fs.pipe_file(tmp, data)
-        fs.mv(tmp, final)
-    row = {
-        "shard": shard,
-        "path": name,
-        "bytes": len(data),
-        "sha256": hashlib.sha256(data).hexdigest(),
-        "sequences": len(by_seq),
-        "images": images,
-        "tokens": json.dumps(dict(sorted(tokens.items()))),
-        "examples": json.dumps(dict(sorted(examples.items()))),
-    }
-    WorkDir(output).commit_shard(name, row, plan_fingerprint)
-    return pa.Table.from_pylist([row], schema=SHARD_STATS)
+    samples = [(sample_key(part, index, q), assemble(by_seq[q], seq_len, pad_id)) for q in sorted(by_seq)]
+    counts = {"sequences": len(by_seq), "images": images, "tokens": tokens, "examples": examples}
+    return tar_bytes(samples), counts

@@ -32,12 +32,14 @@ import pyarrow as pa
 from PIL import Image, ImageOps
 
 from mm1data.config import BuildConfig
-from mm1data.schemas import LINEAGE
+from mm1data.runners.shuffle import hash64
+from mm1data.schemas import LINEAGE, REJECT_INFO
 from mm1data.tokens.tokenizer import TextTokenizer
 
 EXAMPLE = pa.schema(
     [
         pa.field("key", pa.string(), nullable=False),  # unique per example: stream, lineage, id, part
+        pa.field("key_hash", pa.int64(), nullable=False),  # hash64(key): partitions the plan and joins
         pa.field("stream", pa.string(), nullable=False),  # caption, synthetic_caption, interleaved, text
         pa.field("id", pa.string(), nullable=False),  # the record's id
         pa.field("part", pa.int32(), nullable=False),  # index of this piece of a split record
@@ -49,25 +51,13 @@ EXAMPLE = pa.schema(
         pa.field("n_tokens", pa.int32(), nullable=False),
         pa.field("n_images", pa.int32(), nullable=False),
         pa.field("image_bytes", pa.int64(), nullable=False),  # JPEG bytes in all
-        pa.field("reason", pa.string()),  # set: the record could not be rendered (a reject)
-        pa.field("detail", pa.string()),
+        pa.field("reject", REJECT_INFO),  # set: the record could not be rendered (stage tokenize)
     ],
     metadata={"name": "Example", "version": "1"},
 )
 
-METADATA_COLUMNS = [
-    "key",
-    "stream",
-    "id",
-    "part",
-    "n_tokens",
-    "n_images",
-    "image_bytes",
-    "reason",
-    "detail",
-    "lineage",
-]
-"""What the driver reads to plan packing and mixing (no tokens, no images)."""
+METADATA_COLUMNS = ["key", "key_hash", "stream", "id", "part", "n_tokens", "n_images", "image_bytes", "lineage"]
+"""What the plan reads of an example (no tokens, no images)."""
 
 
 class ImageError(ValueError):
@@ -139,7 +129,11 @@ class Renderer:
         """Render every row of a kept-record batch of ``stream``."""
         rows = table.to_pylist()
         render = {"caption": self.captions, "interleaved": self.interleaved, "text": self.texts}[stream]
-        return pa.Table.from_pylist(render(rows), schema=EXAMPLE)
+        out = render(rows)
+        hashes = hash64([r["key"] for r in out])
+        for r, h in zip(out, hashes.tolist(), strict=True):
+            r["key_hash"] = h
+        return pa.Table.from_pylist(out, schema=EXAMPLE)
 
     def _example(
         self, stream: str, row: dict, part: int, pieces: list[Piece], eos: bool, source_stream: str
@@ -190,8 +184,7 @@ class Renderer:
             "n_tokens": 0,
             "n_images": 0,
             "image_bytes": 0,
-            "reason": reason,
-            "detail": detail,
+            "reject": {"stage": "tokenize", "reason": reason, "detail": detail},
         }
 
     def _jpeg(self, data: bytes | None) -> bytes:

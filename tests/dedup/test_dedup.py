@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
@@ -54,16 +51,10 @@ def _rejects(out):
 def _in_process(tables) -> dict:
     """The same steps in this process on one batch per stream (no Ray): the reference run."""
     from mm1data.config import DedupConfig
-    from mm1data.dedup.phases import DedupRun, bucket_pairs, index_batch, resolve_all
+    from mm1data.dedup.phases import find_duplicates
 
-    cfg = DedupConfig()
-    rows = pa.concat_tables([index_batch(t, s, cfg) for s, t in sorted(tables.items())])
-    keys, counts = np.unique(rows.column("key").to_numpy(), return_counts=True)
-    shared = rows.filter(pc.is_in(rows.column("key"), value_set=pa.array(keys[counts > 1])))
-    run = DedupRun()
-    resolve_all(run, bucket_pairs(shared, cfg).to_pylist(), [])
     out = {}
-    for member, (reason, keep, _) in run.removals.items():
+    for member, (reason, keep, _) in find_duplicates(tables, DedupConfig()).items():
         stream, rid = member.split(":", 1)
         if "#" in rid and stream == "interleaved":  # item: doc#position -> the doc's first item reject
             stream, rid = "interleaved_item", rid.rsplit("#", 1)[0] + "#0"

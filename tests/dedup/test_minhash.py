@@ -7,23 +7,19 @@ import pyarrow as pa
 
 from mm1data.config import DedupConfig
 from mm1data.dedup import minhash
-from mm1data.dedup.phases import bucket_pairs, index_batch
+from mm1data.dedup.phases import find_duplicates
 from tests.dedup.conftest import change_words, text_table
 
 
-def lsh_pairs(texts: list[str], cfg: DedupConfig) -> set[tuple[int, int]]:
-    """Confirmed pairs (i < j) among ``texts``: the index and group steps, without Ray."""
+def clusters(texts: list[str], cfg: DedupConfig) -> list[int]:
+    """The cluster of each text (the index of its survivor): the MinHash steps, without Ray."""
     table = text_table([(f"{i:05d}", t) for i, t in enumerate(texts)])
-    rows = index_batch(table, "text", DedupConfig(exact_text=False, image_hash=False, exact_image=False))
-    keys = rows.column("key").to_numpy()
-    uniq, counts = np.unique(keys, return_counts=True)
-    out = bucket_pairs(
-        rows.filter(pa.compute.is_in(rows.column("key"), value_set=pa.array(uniq[counts > 1]))), cfg
-    )
-    pairs = set()
-    for a, b in zip(out.column("a").to_pylist(), out.column("b").to_pylist(), strict=True):
-        pairs.add((int(a.split(":")[1]), int(b.split(":")[1])))
-    return pairs
+    cfg = DedupConfig(**{**cfg.__dict__, "exact_text": False, "image_hash": False, "exact_image": False})
+    removals = find_duplicates({"text": table}, cfg)
+    root = list(range(len(texts)))
+    for member, (_, keep, _) in removals.items():
+        root[int(member.split(":")[1])] = int(keep.split(":")[1])
+    return root
 
 
 def test_estimated_jaccard_is_unbiased_on_real_docs(dolma_docs):
@@ -43,15 +39,15 @@ def test_planted_near_duplicates_are_found_and_originals_not_merged(dolma_docs):
     one = [change_words(originals[i], 0.01, i) for i in base]
     three = [change_words(originals[i], 0.03, i) for i in base]
     n = len(originals)
-    pairs = lsh_pairs(originals + one + three, cfg)
-    found1 = sum((i, n + k) in pairs for k, i in enumerate(base))
-    found3 = sum((i, n + len(base) + k) in pairs for k, i in enumerate(base))
+    root = clusters(originals + one + three, cfg)
+    found1 = sum(root[i] == root[n + k] for k, i in enumerate(base))
+    found3 = sum(root[i] == root[n + len(base) + k] for k, i in enumerate(base))
     j1 = np.mean([minhash.true_jaccard(originals[i], one[k]) for k, i in enumerate(base)])
     j3 = np.mean([minhash.true_jaccard(originals[i], three[k]) for k, i in enumerate(base)])
     print(f"\n1% changed (mean Jaccard {j1:.3f}): recall {found1 / len(base):.1%}")
     print(f"3% changed (mean Jaccard {j3:.3f}): recall {found3 / len(base):.1%}")
     assert found1 / len(base) >= 0.95
-    merged = sorted((a, b) for a, b in pairs if a < n and b < n)
+    merged = sorted((a, b) for a in range(n) for b in range(a + 1, n) if root[a] == root[b])
     for a, b in merged:
         print(
             f"originals merged: {dolma_docs[a][0]} {dolma_docs[b][0]} true Jaccard "

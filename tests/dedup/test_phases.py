@@ -6,24 +6,11 @@ from __future__ import annotations
 
 import re
 
-import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from mm1data.config import DedupConfig
-from mm1data.dedup.phases import DedupRun, bucket_pairs, index_batch, resolve_all
+from mm1data.dedup.phases import find_duplicates
 from tests.dedup.conftest import caption_table, interleaved_table
-
-
-def find_in_process(tables: dict[str, pa.Table], cfg: DedupConfig) -> DedupRun:
-    """What the Ray job does, in this process: index every stream, keep the keys held by more
-    than one row, pair them, decide removals."""
-    rows = pa.concat_tables([index_batch(t, s, cfg) for s, t in sorted(tables.items())])
-    keys, counts = np.unique(rows.column("key").to_numpy(), return_counts=True)
-    shared = rows.filter(pc.is_in(rows.column("key"), value_set=pa.array(keys[counts > 1])))
-    run = DedupRun()
-    resolve_all(run, bucket_pairs(shared, cfg).to_pylist(), [])
-    return run
 
 
 def test_sample_stand_in_images_are_removed_as_duplicates_of_their_coco_originals(repo_root, coco_images):
@@ -36,17 +23,22 @@ def test_sample_stand_in_images_are_removed_as_duplicates_of_their_coco_original
         "caption": caption_table(coco_images),
         "interleaved": interleaved_table([("doc", "a page about many things", images)]),
     }
-    run = find_in_process(tables, DedupConfig(exact_text=False, minhash=False))
+    removals = find_duplicates(tables, DedupConfig(exact_text=False, minhash=False))
     expected = {f"interleaved:doc#{1 + k}": f"caption:{originals[n]}" for k, n in enumerate(names)}
-    assert {m: r[1] for m, r in run.removals.items()} == expected  # no caption pair is removed
-    for member, (reason, _, score) in run.removals.items():
+    assert {m: r[1] for m, r in removals.items()} == expected  # no caption pair is removed
+    for member, (reason, _, score) in removals.items():
         print(member, reason, score)
         assert reason in ("exact_duplicate", "near_duplicate")
         assert score >= 1 - DedupConfig().hamming_radius / 64
 
 
-def test_removals_do_not_depend_on_batching_or_row_order(dolma_docs, coco_images):
+def test_removals_do_not_depend_on_batching_or_row_order(dolma_docs, coco_images, monkeypatch):
+    from mm1data.dedup import phases
+    from mm1data.runners.shuffle import LocalTables
     from tests.dedup.conftest import change_words, degrade, text_table
+
+    monkeypatch.setattr(phases, "ROWS_PER_PARTITION", 97)  # many partitions, as on a cluster
+    monkeypatch.setattr(phases, "LOCAL_EDGES", 0)  # components by large-star / small-star rounds
 
     long = [d for d in dolma_docs if len(d[1].split()) >= 100][:120]
     docs = long + [(f"zz{k}", change_words(long[k][1], 0.01, k)) for k in range(0, 120, 7)]
@@ -60,12 +52,8 @@ def test_removals_do_not_depend_on_batching_or_row_order(dolma_docs, coco_images
         for name, table in (("text", text), ("caption", cap)):
             step = -(-table.num_rows // batches)
             parts[name] = [table.slice(s, step) for s in range(0, table.num_rows, step)]
-        rows = pa.concat_tables([index_batch(b, s, cfg) for s, bs in parts.items() for b in bs])
-        keys, counts = np.unique(rows.column("key").to_numpy(), return_counts=True)
-        shared = rows.filter(pc.is_in(rows.column("key"), value_set=pa.array(keys[counts > 1])))
-        run = DedupRun()
-        resolve_all(run, bucket_pairs(shared, cfg).to_pylist(), [])
-        return run.removals
+        tables = {s: pa.concat_tables(bs) for s, bs in parts.items()}
+        return find_duplicates(tables, cfg, eng=LocalTables(partitioned=True))
 
     one = removals(1, False)
     assert sum(m.startswith("text:zz") for m in one) == 18  # every planted text copy goes

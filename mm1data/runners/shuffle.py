@@ -1,0 +1,291 @@
+"""The one shuffle primitive: co-partition datasets by an integer key, then run a pure function
+per partition.
+
+Every global step of mm1data (joins, group-bys, dedup components, plan partitions, reject parts)
+is a :func:`cogroup`: each input row goes to partition ``key mod partitions`` (keys are uniform
+64-bit hashes, see :func:`hash64`), and ``fn(parts, *args)`` is called once per partition with
+``{input name: pa.Table}`` of that partition's rows (an input with no rows there gets an empty
+table of its schema). ``fn`` is pure, vectorized and must not depend on row order (sort inside
+when order matters), so the result does not depend on the number of blocks or workers.
+
+Two executions, the same semantics:
+
+- ``partitions > 1``: each input block is cut into one Arrow IPC chunk per partition, all chunks
+  meet in one Ray Data ``groupby("p", num_partitions=partitions).map_groups``, and each group is
+  decoded and handed to ``fn``. Memory per task is about 1/partitions of the inputs: callers size
+  ``partitions`` from row counts (:func:`partitions_for`) so it grows with the data.
+- ``partitions == 1`` (small inputs): every block goes to one Ray task, with no shuffle and no
+  aggregator actors, so small builds pay no fixed shuffle cost.
+
+:func:`cogroup_local` runs the same ``fn`` in-process on tables, for tests and tools.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+PartitionFn = Callable[..., pa.Table]
+CHUNK = pa.schema([("p", pa.int64()), ("side", pa.int32()), ("data", pa.large_binary())])
+
+
+def hash64(values: Sequence[str | bytes]) -> np.ndarray:
+    """Stable signed 64-bit hashes (blake2b) of strings or bytes: the same on every machine."""
+    out = np.empty(len(values), dtype=np.int64)
+    for i, v in enumerate(values):
+        b = v.encode() if isinstance(v, str) else v
+        out[i] = int.from_bytes(hashlib.blake2b(b, digest_size=8).digest(), "little", signed=True)
+    return out
+
+
+_MIX = np.uint64(0xBF58476D1CE4E5B9)
+
+
+def mix64(x: np.ndarray) -> np.ndarray:
+    """A 64-bit integer mixer (splitmix64's finalizer) of int64 values, as int64: to spread keys
+    that are not hashes already (shard numbers, pairs of ids) over partitions."""
+    u = np.asarray(x, dtype=np.int64).view(np.uint64)
+    u = u ^ (u >> np.uint64(31))
+    u = u * _MIX
+    return (u ^ (u >> np.uint64(32))).view(np.int64)
+
+
+def partition_of(keys: np.ndarray, partitions: int) -> np.ndarray:
+    """Partition index of int64 hash keys (their unsigned value mod ``partitions``)."""
+    return (np.asarray(keys, dtype=np.int64).view(np.uint64) % np.uint64(partitions)).astype(np.int64)
+
+
+def partitions_for(rows: int, rows_per_partition: int) -> int:
+    """How many partitions ``rows`` need at ``rows_per_partition`` each (at least one)."""
+    return max(1, math.ceil(rows / max(1, rows_per_partition)))
+
+
+def join_indices(
+    left: pa.Array | pa.ChunkedArray, right: pa.Array | pa.ChunkedArray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices (left, right) of the inner equi-join of two key arrays, sorted by (left, right)."""
+    lt = pa.table({"k": left, "li": pa.array(np.arange(len(left), dtype=np.int64))})
+    rt = pa.table({"k": right, "ri": pa.array(np.arange(len(right), dtype=np.int64))})
+    j = lt.join(rt, "k", join_type="inner")
+    li, ri = j.column("li").to_numpy(), j.column("ri").to_numpy()
+    order = np.lexsort((ri, li))
+    return li[order], ri[order]
+
+
+def _ipc(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def _from_ipc(data: bytes) -> pa.Table:
+    return pa.ipc.open_stream(pa.py_buffer(data)).read_all()
+
+
+def _chunks(table: pa.Table, side: int, key: str, partitions: int) -> pa.Table:
+    """One CHUNK row per partition present in ``table``: the rows of that partition as IPC bytes."""
+    if table.num_rows == 0:
+        return CHUNK.empty_table()
+    part = partition_of(table.column(key).to_numpy(), partitions)
+    order = np.argsort(part, kind="stable")
+    sorted_part = part[order]
+    starts = np.flatnonzero(np.r_[True, sorted_part[1:] != sorted_part[:-1]])
+    ends = np.r_[starts[1:], len(order)]
+    table = table.take(pa.array(order))
+    ps, data = [], []
+    for s, e in zip(starts.tolist(), ends.tolist(), strict=True):
+        ps.append(int(sorted_part[s]))
+        data.append(_ipc(table.slice(s, e - s)))
+    return pa.table([pa.array(ps, pa.int64()), pa.array([side] * len(ps), pa.int32()), data], schema=CHUNK)
+
+
+def _call(
+    fn: PartitionFn,
+    names: Sequence[str],
+    schemas: Sequence[pa.Schema],
+    tables: list[list[pa.Table]],
+    args: Sequence[Any],
+) -> pa.Table:
+    parts = {}
+    for name, schema, ts in zip(names, schemas, tables, strict=True):
+        ts = [t for t in ts if t.num_rows]
+        parts[name] = pa.concat_tables(ts, promote_options="permissive") if ts else schema.empty_table()
+    return fn(parts, *args)
+
+
+def _apply_group(group: pa.Table, fn: PartitionFn, names, schemas, args) -> pa.Table:
+    sides = group.column("side").to_numpy()
+    data = group.column("data").to_pylist()
+    tables: list[list[pa.Table]] = [[] for _ in names]
+    for s, d in zip(sides.tolist(), data, strict=True):
+        tables[s].append(_from_ipc(d))
+    return _call(fn, names, schemas, tables, args)
+
+
+def _base_schema(ds) -> pa.Schema:
+    schema = ds.schema()
+    arrow = getattr(schema, "base_schema", schema)
+    if not isinstance(arrow, pa.Schema):
+        raise TypeError("cogroup inputs must be Arrow-backed datasets")
+    return arrow
+
+
+def cogroup(
+    inputs: dict[str, Any],
+    by: dict[str, str],
+    partitions: int,
+    fn: PartitionFn,
+    args: Sequence[Any] = (),
+    schemas: dict[str, pa.Schema] | None = None,
+):
+    """Co-partition the Ray datasets ``inputs`` by their int64 column ``by[name]`` into
+    ``partitions`` and return the Ray dataset of ``fn(parts, *args)`` over every partition.
+
+    ``schemas`` gives an input's schema when it cannot be read from the dataset (for example a
+    dataset with no blocks); empty partitions of an input arrive as empty tables of that schema."""
+    import ray
+    import ray.data
+
+    names = list(inputs)
+    schemas = schemas or {}
+    arrow_schemas = [schemas.get(n) or _base_schema(inputs[n]) for n in names]
+    if partitions <= 1:
+        refs = [inputs[n].to_arrow_refs() for n in names]
+        counts = [len(r) for r in refs]
+        out = _single_task().remote(fn, names, arrow_schemas, counts, args, *sum(refs, []))
+        return ray.data.from_arrow_refs([out])
+    chunked = [
+        inputs[n].map_batches(
+            _chunks, fn_args=(i, by[n], partitions), batch_format="pyarrow", batch_size=None
+        )
+        for i, n in enumerate(names)
+    ]
+    union = chunked[0].union(*chunked[1:]) if len(chunked) > 1 else chunked[0]
+    return union.groupby("p", num_partitions=partitions).map_groups(
+        _apply_group, fn_args=(fn, names, arrow_schemas, args), batch_format="pyarrow"
+    )
+
+
+def _single(fn, names, schemas, counts, args, *blocks) -> pa.Table:
+    """Ray task body of a one-partition cogroup: every block of every input, then ``fn``."""
+    tables, at = [], 0
+    for c in counts:
+        tables.append(list(blocks[at : at + c]))
+        at += c
+    return _call(fn, names, schemas, tables, args)
+
+
+@functools.cache
+def _single_task():
+    import ray
+
+    return ray.remote(_single)
+
+
+def sum_counts(ds, key: str = "key", value: str = "n") -> dict[str, int]:
+    """Sum a Ray dataset of small per-block count tables ``(key, n)`` on the driver: O(blocks × keys)."""
+    import ray
+
+    total: dict[str, int] = {}
+    for ref in ds.to_arrow_refs():
+        t = ray.get(ref)
+        if t.num_rows == 0:
+            continue  # (an empty block may come without columns)
+        for k, n in zip(t.column(key).to_pylist(), t.column(value).to_pylist(), strict=True):
+            total[k] = total.get(k, 0) + n
+    return dict(sorted(total.items()))
+
+
+def _table_sums(table: pa.Table) -> dict[str, int]:
+    total: dict[str, int] = {}
+    if table.num_rows:
+        for k, n in zip(table.column("key").to_pylist(), table.column("n").to_pylist(), strict=True):
+            total[k] = total.get(k, 0) + n
+    return dict(sorted(total.items()))
+
+
+def _rows_of(table: pa.Table) -> pa.Table:
+    return pa.table({"key": ["rows"], "n": pa.array([table.num_rows], pa.int64())})
+
+
+class RayDatasets:
+    """Steps over Ray datasets: ``map`` per batch on workers, :func:`cogroup` across them."""
+
+    partitioned = True
+
+    def map(self, ds, fn, *args):
+        """``fn(batch, *args)`` over every batch (lazy)."""
+        return ds.map_batches(fn, fn_args=args, batch_format="pyarrow")
+
+    def cogroup(self, inputs, by, partitions, fn, args=(), schemas=None):
+        """:func:`cogroup` on Ray."""
+        return cogroup(inputs, by, partitions, fn, args, schemas)
+
+    def union(self, first, *rest):
+        """All rows of the datasets."""
+        return first.union(*rest) if rest else first
+
+    def keep(self, ds):
+        """Compute ``ds`` once, for several uses."""
+        return ds.materialize()
+
+    def sums(self, ds) -> dict[str, int]:
+        """Sum a dataset of ``(key, n)`` count tables."""
+        return sum_counts(ds)
+
+    def count(self, ds) -> int:
+        """Rows of ``ds``."""
+        return sum_counts(ds.map_batches(_rows_of, batch_format="pyarrow")).get("rows", 0)
+
+
+class LocalTables:
+    """The same steps in one process over Arrow tables: for small inputs, where a whole pipeline
+    of steps runs as one Ray task (one partition), and for tests (``partitioned``: the partitions
+    the Ray run would use, one after another)."""
+
+    def __init__(self, partitioned: bool = False) -> None:
+        self.partitioned = partitioned
+
+    def map(self, table, fn, *args):
+        return fn(table, *args)
+
+    def cogroup(self, inputs, by, partitions, fn, args=(), schemas=None):
+        return cogroup_local(inputs, by, partitions if self.partitioned else 1, fn, args)
+
+    def union(self, first, *rest):
+        tables = [first, *rest]
+        return pa.concat_tables([t for t in tables if t.num_columns] or tables[:1])
+
+    def keep(self, table):
+        return table
+
+    def sums(self, table) -> dict[str, int]:
+        return _table_sums(table)
+
+    def count(self, table) -> int:
+        return table.num_rows
+
+
+def cogroup_local(
+    tables: dict[str, pa.Table],
+    by: dict[str, str],
+    partitions: int,
+    fn: PartitionFn,
+    args: Sequence[Any] = (),
+) -> pa.Table:
+    """:func:`cogroup` in this process over in-memory tables (same partitioning, same ``fn``)."""
+    names = list(tables)
+    outs = []
+    parts = {n: partition_of(tables[n].column(by[n]).to_numpy(), partitions) for n in names}
+    for p in range(partitions):
+        split = [[tables[n].filter(pa.array(parts[n] == p))] for n in names]
+        outs.append(_call(fn, names, [tables[n].schema for n in names], split, args))
+    outs = [o for o in outs if o.num_rows] or outs[:1]
+    return pa.concat_tables(outs)
