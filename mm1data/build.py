@@ -69,7 +69,9 @@ def run_build(recipe: Recipe, output: str, restart: bool = False, log: StageLog 
         stats["totals"] = write.get("totals", {})
         stats["shards"] = stats["totals"].get("shards", 0)
         stats["plan_partitions"] = plan.get("partitions")
-        stats["resumed"] = log.resumed_stages + (["write (partly)"] if write.get("kept_from_earlier_run") else [])
+        stats["resumed"] = log.resumed_stages + (
+            ["write (partly)"] if write.get("kept_from_earlier_run") else []
+        )
         return stats
 
     executor = Executor(output, recipe.ray.address, recipe.ray.num_cpus, log, restart)

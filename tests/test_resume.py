@@ -88,7 +88,7 @@ def test_killed_at_three_points_resumes_to_identical_output(reference, tmp_path)
     ingest_marker = (out / "_work/ingest/_SUCCESS").stat().st_mtime_ns
     # 3. the next rerun starts from the dedup checkpoint; killed once the first shard is written
     third = kill_when(out, "_work/shards/shard-*.json")
-    assert stages(third, "resumed") == ["dedup"]
+    assert stages(third, "resumed") == ["ingest", "filter", "dedup"]
     assert (out / "_work/ingest/_SUCCESS").stat().st_mtime_ns == ingest_marker
     first_shards = {  # shards whose tar and marker were both written before the kill
         p.name.removesuffix(".json"): (out / p.name.removesuffix(".json")).stat().st_mtime_ns
@@ -97,7 +97,7 @@ def test_killed_at_three_points_resumes_to_identical_output(reference, tmp_path)
     assert first_shards
     # 4. the last rerun writes only the missing shards
     stats, events = resume(out)
-    assert stages(events, "resumed") == ["examples"]
+    assert stages(events, "resumed") == ["ingest", "filter", "dedup", "tokenize", "plan"]
     assert "write (partly)" in stats["resumed"]
     for name, mtime in first_shards.items():  # shards finished before the kill are not rewritten
         assert (out / name).stat().st_mtime_ns == mtime
@@ -131,11 +131,11 @@ def test_changed_filter_threshold_recomputes_only_downstream(reference, tmp_path
 
 def test_restart_forgets_every_checkpoint(reference, tmp_path):
     """``--restart`` removes the manifest, shards, rejects and ``_work`` of an earlier run first."""
-    from mm1data.build import _retract
+    from mm1data.runners.executor import retract
 
     out = tmp_path / "out"
     shutil.copytree(reference[0], out)
-    _retract(str(out), restart=False)
+    retract(str(out), restart=False)
     assert not (out / "manifest.json").exists() and (out / "_work/dedup/_SUCCESS").exists()
-    _retract(str(out), restart=True)
+    retract(str(out), restart=True)
     assert sorted(p.name for p in out.iterdir()) == []

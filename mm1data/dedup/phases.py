@@ -367,7 +367,9 @@ def _confirmed(table: pa.Table, flag: bool) -> pa.Table:
 
 
 def _as_edges(table: pa.Table) -> pa.Table:
-    return undirected(table.column("a").to_numpy(), table.column("b").to_numpy(), table.column("sim").to_numpy())
+    return undirected(
+        table.column("a").to_numpy(), table.column("b").to_numpy(), table.column("sim").to_numpy()
+    )
 
 
 BUCKETS = subschema(INDEX, ["kind", "key", "member", "check"])
@@ -384,13 +386,19 @@ def components(eng, edges, n_edges: int):
     p = partitions_for(2 * n_edges, ROWS_PER_PARTITION)
     last = None
     for _ in range(MAX_ROUNDS):
-        large = eng.cogroup({"e": eng.map(edges, both_directions)}, {"e": "u"}, p, large_star, schemas={"e": DIRECTED})
-        edges = eng.keep(eng.cogroup({"e": eng.map(large, by_larger)}, {"e": "u"}, p, small_star, schemas={"e": DIRECTED}))
+        large = eng.cogroup(
+            {"e": eng.map(edges, both_directions)}, {"e": "u"}, p, large_star, schemas={"e": DIRECTED}
+        )
+        edges = eng.keep(
+            eng.cogroup({"e": eng.map(large, by_larger)}, {"e": "u"}, p, small_star, schemas={"e": DIRECTED})
+        )
         check = eng.sums(eng.map(edges, edge_checksum))
         if check == last:
             break
         last = check
-    return eng.cogroup({"e": eng.map(edges, both_directions)}, {"e": "u"}, p, star_labels, schemas={"e": DIRECTED})
+    return eng.cogroup(
+        {"e": eng.map(edges, both_directions)}, {"e": "u"}, p, star_labels, schemas={"e": DIRECTED}
+    )
 
 
 def _local_labels(parts: dict[str, pa.Table]) -> pa.Table:
@@ -401,7 +409,9 @@ def resolve_round(eng, buckets, members, sigs, cfg: DedupConfig, n_rows: int):
     """One round (text or image kinds): bucket rows → edges → components → :data:`REMOVAL` rows
     (None when nothing pairs up)."""
     p = partitions_for(n_rows, ROWS_PER_PARTITION)
-    cands = eng.keep(eng.cogroup({"b": buckets}, {"b": "key"}, p, bucket_edges, (cfg.hamming_radius,), {"b": BUCKETS}))
+    cands = eng.keep(
+        eng.cogroup({"b": buckets}, {"b": "key"}, p, bucket_edges, (cfg.hamming_radius,), {"b": BUCKETS})
+    )
     edges = [eng.map(eng.map(cands, _confirmed, True), _as_edges)]
     if sigs is not None:
         todo = eng.map(cands, _confirmed, False)

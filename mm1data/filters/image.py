@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import re
 import warnings
 from typing import ClassVar
 
@@ -64,7 +65,7 @@ def check_image(data: bytes | None, cfg: ImageConfig) -> tuple[str, float, str] 
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         return "image_too_many_pixels", 0.0, str(e)[:200]
     except Exception as e:  # noqa: BLE001 - any decoder failure is a bad image, not a crash
-        return "undecodable_image", 0.0, f"{type(e).__name__}: {e}"[:200]
+        return "undecodable_image", 0.0, re.sub(r" at 0x[0-9a-fA-F]+", "", f"{type(e).__name__}: {e}")[:200]
     return judge_image(fmt, w, h, cfg)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 import json
 import warnings
 from collections.abc import Iterator
@@ -146,7 +147,8 @@ def describe_image(data: bytes | None, cfg: IngestConfig) -> ImageInfo:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise BadImage("decompression_bomb", str(e)[:200]) from e
     except Exception as e:  # Pillow raises many types for corrupt data
-        raise BadImage("image_undecodable", f"{type(e).__name__}: {str(e)[:200]}") from e
+        detail = re.sub(r" at 0x[0-9a-fA-F]+", "", str(e))[:200]  # no memory addresses: same bytes every run
+        raise BadImage("image_undecodable", f"{type(e).__name__}: {detail}") from e
     return ImageInfo(hashlib.sha256(data).hexdigest(), width, height, fmt, phash, dhash)
 
 

@@ -94,7 +94,9 @@ class IngestPhase(Phase):
                 captions, lines, count_rows(captions), count_rows(lines)
             )
         elif "synthetic_caption" in out:
-            out["synthetic_caption"] = out["synthetic_caption"].map_batches(unmatched_lines, batch_format="pyarrow")
+            out["synthetic_caption"] = out["synthetic_caption"].map_batches(
+                unmatched_lines, batch_format="pyarrow"
+            )
         return out
 
 

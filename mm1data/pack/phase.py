@@ -173,9 +173,13 @@ class PlanPhase(Phase):
                 )
         n_parts = self.partitions(n)
         schema = meta.schema().base_schema if hasattr(meta.schema(), "base_schema") else meta.schema()
-        placements = cogroup({"m": meta}, {"m": "key_hash"}, n_parts, plan_partition, (cfg, n_parts), {"m": schema})
+        placements = cogroup(
+            {"m": meta}, {"m": "key_hash"}, n_parts, plan_partition, (cfg, n_parts), {"m": schema}
+        )
         placements = placements.materialize()
-        sums = sum_counts(placements.map_batches(plan_sums, fn_args=(target, cfg.mix_unit), batch_format="pyarrow"))
+        sums = sum_counts(
+            placements.map_batches(plan_sums, fn_args=(target, cfg.mix_unit), batch_format="pyarrow")
+        )
         ctx.info["plan"] = {"partitions": n_parts, "sums": sums}
         return {"placements": placements}
 
@@ -191,7 +195,9 @@ def plan_summary(sums: dict[str, int], cfg: BuildConfig) -> dict:
     epochs = {s: round(used.get(s, 0) / a, 6) if a else 0.0 for s, a in sorted(avail.items())}
     tokens, images = of("tokens"), of("images")
     if cfg.pack_mode == "per-stream" or cfg.mix_unit == "sequences":
-        need = sum(min_sequences(tokens.get(g, 0), images.get(g, 0), cfg.seq_len, cfg.max_images) for g in target)
+        need = sum(
+            min_sequences(tokens.get(g, 0), images.get(g, 0), cfg.seq_len, cfg.max_images) for g in target
+        )
     else:
         need = min_sequences(sum(tokens.values()), sum(images.values()), cfg.seq_len, cfg.max_images)
     bound = sum(tokens.values()) / (need * cfg.seq_len) if need else 0.0

@@ -219,7 +219,11 @@ def count_outputs(stored: list[Stored]) -> None:
         stream = st.output.name if st.output.name in STAT_STREAMS else None
         names = st.read().columns()
         if rejects:
-            cols = ["reject"] + (["stream"] if stream is None else []) + [c for c in ("item_rejects",) if c in names]
+            cols = (
+                ["reject"]
+                + (["stream"] if stream is None else [])
+                + [c for c in ("item_rejects",) if c in names]
+            )
         else:
             cols = names[:1]
         counted = st.read(cols).map_batches(
@@ -462,7 +466,9 @@ class Executor:
         return counts
 
     @staticmethod
-    def _stats(data: Data, ctx: Context, rejects: dict[str, dict[str, int]], timings: dict, t0: float) -> dict:
+    def _stats(
+        data: Data, ctx: Context, rejects: dict[str, dict[str, int]], timings: dict, t0: float
+    ) -> dict:
         streams = {}
         for name in STAT_STREAMS:
             if name not in data:

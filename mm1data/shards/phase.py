@@ -82,7 +82,9 @@ def mix_weights(rows: list[dict], target: dict[str, float], unit: str) -> dict[s
     return w
 
 
-def write_shards(parts: dict[str, pa.Table], root: str, cfg: BuildConfig, pad_id: int, plan_fp: str) -> pa.Table:
+def write_shards(
+    parts: dict[str, pa.Table], root: str, cfg: BuildConfig, pad_id: int, plan_fp: str
+) -> pa.Table:
     """cogroup fn (keyed by shard): write every shard of this partition; one SHARD_STATS row each."""
     t = parts["r"]
     if t.num_rows == 0:
@@ -134,8 +136,21 @@ def _put(fs, path: str, data: bytes, s3: bool) -> None:
     fs.mv(f"{path}.partial", path)
 
 
-def sorted_rows(ds, keys: list[str]) -> Iterator[dict]:
-    """The rows of a small-per-row dataset in ``keys`` order, streamed (Ray's distributed sort)."""
+LOCAL_SORT_ROWS = 10_000
+"""Up to this many shard rows, the manifest's order comes from one sort in the driver."""
+
+
+def sorted_rows(ds, keys: list[str], rows: int) -> Iterator[dict]:
+    """The rows of a dataset of small rows in ``keys`` order, streamed: Ray's distributed sort, or
+    one local sort when there are few (``rows``, as counted)."""
+    import ray
+
+    if rows <= LOCAL_SORT_ROWS:
+        tables = [t for t in ray.get(ds.to_arrow_refs()) if t.num_rows]
+        if tables:
+            table = pa.concat_tables(tables)
+            yield from table.take(pc.sort_indices(table, [(k, "ascending") for k in keys])).to_pylist()
+        return
     for batch in ds.sort(keys).iter_batches(batch_format="pyarrow", batch_size=4096):
         yield from batch.to_pylist()
 
@@ -249,7 +264,8 @@ class WritePhase(Phase):
         tail = {"epochs": summary["epochs"], "build": to_dict(cfg), "mm1data_version": __version__}
         fs, path = fsspec_fs(ctx.work.url("manifest.json"))
         with fs.open(path, "w") as f:
-            written = write_manifest(f, header, sorted_rows(shards, ["shard_part", "shard_index"]), tail, cfg)
+            ordered = sorted_rows(shards, ["shard_part", "shard_index"], resumed.get("shards", 0))
+            written = write_manifest(f, header, ordered, tail, cfg)
         written["totals"]["attainable_fill"] = round(summary["attainable_fill"], 6)
         _drop_stale_shards(ctx.root, shards)
         ctx.info["write"] = {
@@ -281,9 +297,14 @@ def _partition_counts(table: pa.Table) -> pa.Table:
 def _drop_stale_shards(root: str, shards) -> None:
     """Remove shard tars (and leftovers of killed writes) that are not in this plan: partition by
     partition, so the driver lists one partition's shards at a time."""
-    per_part = {int(k): v for k, v in sum_counts(shards.map_batches(_partition_counts, batch_format="pyarrow")).items()}
+    per_part = {
+        int(k): v
+        for k, v in sum_counts(shards.map_batches(_partition_counts, batch_format="pyarrow")).items()
+    }
     fs, path = fsspec_fs(root)
-    listed_parts = {int(p.rsplit("/", 1)[-1].split("-")[1]) for p in fs.glob(f"{path}/shard-?????-00000.tar*")}
+    listed_parts = {
+        int(p.rsplit("/", 1)[-1].split("-")[1]) for p in fs.glob(f"{path}/shard-?????-00000.tar*")
+    }
     for part in sorted(listed_parts | set(per_part)):
         for p in fs.glob(f"{path}/shard-{part:05d}-*.tar*"):
             name = p.rsplit("/", 1)[-1]

@@ -116,7 +116,9 @@ SHARD_STATS = pa.schema(
 )
 
 
-def shard_tar(rows: list[dict], part: int, index: int, seq_len: int, pad_id: int, slot_len: int) -> tuple[bytes, dict]:
+def shard_tar(
+    rows: list[dict], part: int, index: int, seq_len: int, pad_id: int, slot_len: int
+) -> tuple[bytes, dict]:
     """The tar of one shard from its placed examples (rows with ``seq``, ``slot`` and the EXAMPLE
     payload) and its counts: sequences, images, tokens and examples per stream."""
     rows = sorted(rows, key=lambda r: (r["seq"], r["slot"]))

@@ -48,8 +48,13 @@ class TokenizePhase(Phase):
         parts = [
             data.kept(s)
             .drop_columns(["reject"])
-            .map_batches(render_batch, fn_args=(s, self.cfg, self.ratio), batch_format="pyarrow", batch_size=64,
-                         concurrency=self.cfg.workers)  # fmt: skip
+            .map_batches(
+                render_batch,
+                fn_args=(s, self.cfg, self.ratio),
+                batch_format="pyarrow",
+                batch_size=64,
+                concurrency=self.cfg.workers,
+            )  # fmt: skip
             for s in STREAMS
             if s in data
         ]

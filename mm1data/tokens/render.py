@@ -56,7 +56,17 @@ EXAMPLE = pa.schema(
     metadata={"name": "Example", "version": "1"},
 )
 
-METADATA_COLUMNS = ["key", "key_hash", "stream", "id", "part", "n_tokens", "n_images", "image_bytes", "lineage"]
+METADATA_COLUMNS = [
+    "key",
+    "key_hash",
+    "stream",
+    "id",
+    "part",
+    "n_tokens",
+    "n_images",
+    "image_bytes",
+    "lineage",
+]
 """What the plan reads of an example (no tokens, no images)."""
 
 

@@ -15,7 +15,11 @@ def test_pairs_gain_synthetic_captions_by_sha_and_by_id(tmp_path, shared_data):
     rows = read_rows("caption", "coco", shared_data / "a-coco-mini" / "annotations" / "captions_val2017.json")
     first, second = rows[0], rows[1]
     lines = [
-        {"sha256": first["image_sha256"], "caption": "A model-written description.", "generator": "capgen-v1"},
+        {
+            "sha256": first["image_sha256"],
+            "caption": "A model-written description.",
+            "generator": "capgen-v1",
+        },
         {"id": second["id"], "caption": "Another one.", "generator": "capgen-v2"},
         {"caption": "no key at all"},
         {"sha256": "0" * 64, "caption": "Nobody has this image.", "generator": "capgen-v1"},
