@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
+from collections.abc import Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -31,7 +32,18 @@ from mm1data.pack.plan import Plan, plan_build
 from mm1data.report import StageLog
 from mm1data.runners.workdir import WorkDir, fingerprint
 from mm1data.schemas import REJECT
-from mm1data.shards.writer import FORMAT, SHARD_STATS, VERSION, shard_name, write_shard
+from mm1data.shards.energon import write_energon_metadata
+from mm1data.shards.format import (
+    Header,
+    Mix,
+    ShardEntry,
+    Tokenizer,
+    Totals,
+    shard_name,
+    tar_index_name,
+    write_manifest_file,
+)
+from mm1data.shards.writer import SHARD_STATS, shard_entry, write_shard
 from mm1data.tokens.render import METADATA_COLUMNS, render_batch
 from mm1data.tokens.tokenizer import TextTokenizer
 
@@ -339,24 +351,30 @@ def run_build(recipe: Recipe, output: str, restart: bool = False, log: StageLog 
         _drop_stale_shards(root, len(plan.shards))
         timings["write"] = time.perf_counter() - t
         log.stage("write", time.perf_counter() - t, written=todo, kept_from_earlier_run=len(finished))
-    manifest = make_manifest(cfg, tok, plan, shard_rows)
+    header = manifest_header(cfg, tok, plan)
+    write_energon_metadata(root, ((r["path"], r["sequences"]) for r in shard_rows))  # before the manifest
     stats = {
         "output": output,
         "streams": record_stats,
         "dedup": dedup_stats,
         "examples": _example_counts(meta, good, bad, plan, why),
-        "mix": manifest["mix"],
-        "epochs": manifest["epochs"],
-        "totals": manifest["totals"],
+        "mix": header.mix.to_json(),
+        "epochs": header.epochs,
+        "totals": {},  # summed while the manifest is written
         "shards": len(shard_rows),
         "resumed": log.resumed_stages + (["write (partly)"] if finished else []),
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
         "wall_s": round(time.perf_counter() - t0, 3),
     }
     fs, path = fsspec_fs(root)
-    fs.pipe_file(f"{path}/stats.json", json.dumps(stats, indent=2).encode())
-    fs.pipe_file(f"{path}/manifest.json", json.dumps(manifest, indent=1).encode())  # last: means complete
-    log.stage("build", stats["wall_s"], shards=len(shard_rows), sequences=manifest["totals"]["sequences"])
+
+    def write_stats(totals: Totals) -> None:
+        stats["totals"] = totals.to_json()
+        fs.pipe_file(f"{path}/stats.json", json.dumps(stats, indent=2).encode())
+
+    entries = shard_entries(plan, shard_rows)
+    write_manifest_file(root, header, entries, plan.bound, before_commit=write_stats)  # last: complete
+    log.stage("build", stats["wall_s"], shards=len(shard_rows), sequences=stats["totals"]["sequences"])
     return stats
 
 
@@ -365,9 +383,9 @@ def _finished_shards(work: WorkDir, root: str, plan_fp: str, n_shards: int) -> d
     fs, path = fsspec_fs(root)
     done = {}
     for s in range(n_shards):
-        name = shard_name(s)
+        name = shard_name(0, s)
         m = work.shard_marker(name)
-        if m and m.get("fingerprint") == plan_fp and fs.exists(f"{path}/{name}"):
+        if m and m.get("fingerprint") == plan_fp and fs.exists(f"{path}/{tar_index_name(name)}"):
             if fs.size(f"{path}/{name}") == m["bytes"]:
                 done[s] = {k: v for k, v in m.items() if k != "fingerprint"}
     return done
@@ -376,7 +394,7 @@ def _finished_shards(work: WorkDir, root: str, plan_fp: str, n_shards: int) -> d
 def _drop_stale_shards(root: str, n_shards: int) -> None:
     """Remove shard tars (and leftovers of killed writes) an earlier, bigger plan left behind."""
     fs, path = fsspec_fs(root)
-    keep = {shard_name(s) for s in range(n_shards)}
+    keep = {n for s in range(n_shards) for n in (shard_name(0, s), tar_index_name(shard_name(0, s)))}
     for p in fs.glob(f"{path}/shard-*.tar*"):
         if p.rsplit("/", 1)[-1] not in keep:
             fs.rm(p)
@@ -401,57 +419,30 @@ def _example_counts(meta: pa.Table, good: np.ndarray, bad: np.ndarray, plan: Pla
     }
 
 
-def make_manifest(cfg: BuildConfig, tok: TextTokenizer, plan: Plan, shard_rows: list[dict]) -> dict:
-    """The ``manifest.json`` of a build (see ``schemas/packed-v1.md``)."""
-    shards, by_stream = [], Counter()
+def manifest_header(cfg: BuildConfig, tok: TextTokenizer, plan: Plan) -> Header:
+    """The ``manifest.json`` header of a build (see ``schemas/packed-v1.md``)."""
+    return Header(
+        seq_len=cfg.seq_len,
+        image_tokens=cfg.image_tokens,
+        image_markers=cfg.image_markers,
+        max_images=cfg.max_images,
+        image_size=cfg.image_size,
+        jpeg_quality=cfg.jpeg_quality,
+        tokenizer=Tokenizer(**tok.manifest()),
+        special_tokens=tok.ids,
+        mix=Mix(
+            target={k: round(v, 6) for k, v in plan.target.items()},
+            unit=plan.unit,
+            realized={k: round(v, 6) for k, v in plan.realized.items()},
+        ),
+        epochs=plan.epochs,
+        partitions=1,
+        build=to_dict(cfg),
+        mm1data_version=__version__,
+    )
+
+
+def shard_entries(plan: Plan, shard_rows: list[dict]) -> Iterator[ShardEntry]:
+    """The manifest's shard entries (one plan partition: every shard but the last is full)."""
     for i, r in enumerate(shard_rows):
-        tokens = json.loads(r["tokens"])
-        by_stream.update(tokens)
-        shards.append(
-            {
-                "path": r["path"],
-                "bytes": r["bytes"],
-                "sha256": r["sha256"],
-                "sequences": r["sequences"],
-                "images": r["images"],
-                "tokens": tokens,
-                "examples": json.loads(r["examples"]),
-                "mix": {k: round(v, 6) for k, v in plan.realized_per_shard[i].items()},
-                "full": i < len(shard_rows) - 1,
-            }
-        )
-    n_seq = sum(s["sequences"] for s in shards)
-    non_pad = sum(by_stream.values())
-    return {
-        "format": FORMAT,
-        "version": VERSION,
-        "seq_len": cfg.seq_len,
-        "image_tokens": cfg.image_tokens,
-        "image_markers": cfg.image_markers,
-        "max_images": cfg.max_images,
-        "image_size": cfg.image_size,
-        "jpeg_quality": cfg.jpeg_quality,
-        "tokenizer": tok.manifest(),
-        "special_tokens": tok.ids,
-        "mix": {
-            "target": {k: round(v, 6) for k, v in plan.target.items()},
-            "unit": plan.unit,
-            "realized": {k: round(v, 6) for k, v in plan.realized.items()},
-            "realized_per_shard": [{k: round(v, 6) for k, v in m.items()} for m in plan.realized_per_shard],
-        },
-        "epochs": plan.epochs,
-        "shards": shards,
-        "totals": {
-            "shards": len(shards),
-            "sequences": n_seq,
-            "images": sum(s["images"] for s in shards),
-            "tokens": non_pad,
-            "tokens_by_stream": dict(sorted(by_stream.items())),
-            "examples": sum(sum(s["examples"].values()) for s in shards),
-            "bytes": sum(s["bytes"] for s in shards),
-            "fill": round(non_pad / (n_seq * cfg.seq_len), 6) if n_seq else 0.0,
-            "attainable_fill": round(plan.bound, 6),
-        },
-        "build": to_dict(cfg),
-        "mm1data_version": __version__,
-    }
+        yield shard_entry(r, plan.realized_per_shard[i], full=i < len(shard_rows) - 1)

@@ -1,9 +1,9 @@
 """Assemble packed sequences and write them as deterministic WebDataset tars (``mm1data/packed-v1``).
 
-One sample per sequence, key ``<shard:05d>-<seq:06d>``; members ``tokens.npy``,
-``segment_ids.npy``, ``positions.npy``, ``loss_mask.npy``, ``json`` and ``img000.jpg``... The tar
-is built in memory with fixed mtime, uid, gid, mode and owner names, members sorted per sample, so
-the same plan gives the same bytes on any worker.
+One sample per sequence, keyed by :func:`~mm1data.shards.format.sample_key`, with the members
+of :mod:`mm1data.shards.format`. The tar is built in memory with fixed mtime, uid, gid, mode and
+owner names, members sorted per sample, so the same plan gives the same bytes on any worker; its
+Energon ``.tar.idx`` (sample offsets) is computed while writing and stored beside it.
 """
 
 from __future__ import annotations
@@ -12,30 +12,24 @@ import hashlib
 import io
 import json
 import tarfile
+from collections.abc import Iterable
 
 import numpy as np
 import pyarrow as pa
 
-FORMAT = "mm1data/packed-v1"
-VERSION = 1
+from mm1data.shards.format import (
+    ARRAYS,
+    META,
+    ShardEntry,
+    image_member,
+    npy_bytes,
+    pack_tar_index,
+    sample_key,
+    shard_name,
+    tar_index_name,
+)
+
 MTIME = 0  # every tar member: 1970-01-01, uid/gid 0, mode 0644, no owner names
-
-
-def shard_name(shard: int) -> str:
-    """File name of shard ``shard`` inside the dataset folder."""
-    return f"shard-{shard:05d}.tar"
-
-
-def sample_key(shard: int, seq: int) -> str:
-    """WebDataset key of sequence ``seq`` of shard ``shard`` (no dots)."""
-    return f"{shard:05d}-{seq:06d}"
-
-
-def npy_bytes(a: np.ndarray) -> bytes:
-    """``a`` as ``.npy`` bytes (loadable with ``allow_pickle=False``)."""
-    buf = io.BytesIO()
-    np.save(buf, np.ascontiguousarray(a), allow_pickle=False)
-    return buf.getvalue()
 
 
 def assemble(examples: list[dict], seq_len: int, pad_id: int) -> dict[str, bytes]:
@@ -72,23 +66,24 @@ def assemble(examples: list[dict], seq_len: int, pad_id: int) -> dict[str, bytes
             }
         )
         at += n
-    members = {
-        "json": json.dumps(meta, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode(),
-        "loss_mask.npy": npy_bytes(loss_mask),
-        "positions.npy": npy_bytes(positions),
-        "segment_ids.npy": npy_bytes(segment_ids),
-        "tokens.npy": npy_bytes(tokens),
-    }
+    arrays = {"tokens": tokens, "segment_ids": segment_ids, "positions": positions, "loss_mask": loss_mask}
+    members = {META: json.dumps(meta, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()}
+    for member, dtype in ARRAYS.items():
+        members[member] = npy_bytes(arrays[member.removesuffix(".npy")].astype(dtype, copy=False))
     for i, jpeg in enumerate(jpegs):
-        members[f"img{i:03d}.jpg"] = jpeg
+        members[image_member(i)] = jpeg
     return members
 
 
-def tar_bytes(samples: list[tuple[str, dict[str, bytes]]]) -> bytes:
-    """A tar of ``(key, {extension: bytes})`` samples in order, members sorted, metadata fixed."""
+def tar_bytes(samples: Iterable[tuple[str, dict[str, bytes]]]) -> tuple[bytes, bytes]:
+    """``(tar, tar index)``: a tar of ``(key, {extension: bytes})`` samples in order, members
+    sorted, metadata fixed; and its Energon ``.tar.idx`` (each sample's first header offset, then
+    the end-of-archive offset), byte-identical to what ``energon prepare`` derives from the tar."""
     buf = io.BytesIO()
+    offsets = []
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
         for key, members in samples:
+            offsets.append(tar.offset)
             for ext in sorted(members):
                 data = members[ext]
                 info = tarfile.TarInfo(f"{key}.{ext}")
@@ -96,11 +91,29 @@ def tar_bytes(samples: list[tuple[str, dict[str, bytes]]]) -> bytes:
                 info.uid = info.gid = 0
                 info.uname = info.gname = ""
                 tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
+        offsets.append(tar.offset)
+    return buf.getvalue(), pack_tar_index(offsets)
+
+
+def put_shard(output: str, name: str, tar: bytes, tar_index: bytes) -> None:
+    """Store ``output/<name>`` and ``output/<name>.idx``, each whole or not at all (written beside
+    and renamed locally; one PUT each on S3), the index first."""
+    from mm1data.io.fs import fsspec_fs, is_s3
+
+    fs, root = fsspec_fs(output)
+    if not is_s3(output):
+        fs.makedirs(root, exist_ok=True)
+    for path, data in ((tar_index_name(f"{root}/{name}"), tar_index), (f"{root}/{name}", tar)):
+        if is_s3(output):
+            fs.pipe_file(path, data)
+        else:
+            fs.pipe_file(f"{path}.partial", data)
+            fs.mv(f"{path}.partial", path)
 
 
 SHARD_STATS = pa.schema(
     [
+        pa.field("partition", pa.int64()),
         pa.field("shard", pa.int64()),
         pa.field("path", pa.string()),
         pa.field("bytes", pa.int64()),
@@ -122,17 +135,17 @@ def write_shard(
     plan_fingerprint: str = "",
 ) -> pa.Table:
     """Ray Data ``map_groups`` UDF: the placements of one shard (payload + ``shard``, ``seq``,
-    ``slot`` columns) → the tar at ``output/shard-NNNNN.tar``; returns its :data:`SHARD_STATS` row.
+    ``slot`` columns, and ``partition`` when the plan has several) → the tar at
+    ``output/shard-PPPPP-IIIII.tar`` and its ``.tar.idx``; returns its :data:`SHARD_STATS` row.
 
-    The tar appears whole or not at all (written beside and renamed locally; one PUT on S3), and
-    then its marker ``output/_work/shards/<name>.json`` (stats row + ``plan_fingerprint``) is
-    written, so a resumed build skips it."""
-    from mm1data.io.fs import fsspec_fs, is_s3
+    Both files appear whole or not at all (:func:`put_shard`), and then the marker
+    ``output/_work/shards/<name>.json`` (stats row + ``plan_fingerprint``) is written, so a resumed
+    build skips the shard."""
     from mm1data.runners.workdir import WorkDir
 
     rows = table.to_pylist()
     rows.sort(key=lambda r: (r["seq"], r["slot"]))
-    shard = rows[0]["shard"]
+    part, shard = rows[0].get("partition", 0), rows[0]["shard"]
     samples, tokens, examples, images = [], {}, {}, 0
     by_seq: dict[int, list[dict]] = {}
     for r in rows:
@@ -142,19 +155,12 @@ def write_shard(
         examples[r["stream"]] = examples.get(r["stream"], 0) + 1
         images += r["n_images"]
     for seq in sorted(by_seq):
-        samples.append((sample_key(shard, seq), assemble(by_seq[seq], seq_len, pad_id)))
-    data = tar_bytes(samples)
-    name = shard_name(shard)
-    fs, root = fsspec_fs(output)
-    final = f"{root}/{name}"
-    if is_s3(output):
-        fs.pipe_file(final, data)
-    else:
-        fs.makedirs(root, exist_ok=True)
-        tmp = f"{final}.partial"
-        fs.pipe_file(tmp, data)
-        fs.mv(tmp, final)
+        samples.append((sample_key(part, shard, seq), assemble(by_seq[seq], seq_len, pad_id)))
+    data, tar_index = tar_bytes(samples)
+    name = shard_name(part, shard)
+    put_shard(output, name, data, tar_index)
     row = {
+        "partition": part,
         "shard": shard,
         "path": name,
         "bytes": len(data),
@@ -166,3 +172,19 @@ def write_shard(
     }
     WorkDir(output).commit_shard(name, row, plan_fingerprint)
     return pa.Table.from_pylist([row], schema=SHARD_STATS)
+
+
+def shard_entry(row: dict, mix: dict[str, float], full: bool) -> ShardEntry:
+    """The manifest entry of a shard from its :data:`SHARD_STATS` row, its realized mix and whether
+    it is a full shard (False for the last, possibly short, shard of a plan partition)."""
+    return ShardEntry(
+        path=row["path"],
+        bytes=int(row["bytes"]),
+        sha256=row["sha256"],
+        sequences=int(row["sequences"]),
+        images=int(row["images"]),
+        tokens=json.loads(row["tokens"]) if isinstance(row["tokens"], str) else dict(row["tokens"]),
+        examples=json.loads(row["examples"]) if isinstance(row["examples"], str) else dict(row["examples"]),
+        mix={k: round(v, 6) for k, v in mix.items()},
+        full=full,
+    )
