@@ -295,7 +295,7 @@ class _Json:
 
     def to_json(self) -> dict[str, Any]:
         """This object as the JSON-ready dict the manifest holds (fields in declaration order)."""
-        return json.loads(json.dumps(dataclasses.asdict(self)))  # tuples → lists, floats as written
+        return dataclasses.asdict(self)
 
     @classmethod
     def from_json(cls, obj: Any, where: str = MANIFEST) -> Any:

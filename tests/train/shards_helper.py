@@ -65,10 +65,14 @@ def write_packed_dataset(
     seqs_per_shard: int = 12,
     jpeg_quality: int = 90,
     first: int = 0,
+    names: list[tuple[int, int]] | None = None,
 ) -> Path:
-    """Pack real captions (with their images) and texts into ``n_shards`` shards of plan partition 0
-    (each with its ``.tar.idx``), the ``.nv-meta`` files, then ``manifest.json``. ``first`` skips
-    that many examples, for a second, different dataset."""
+    """Pack real captions (with their images) and texts into ``n_shards`` shards (each with its
+    ``.tar.idx``), the ``.nv-meta`` files, then ``manifest.json``. The shards are shards 0, 1, ...
+    of plan partition 0, or the ``(partition, index)`` pairs in ``names``; ``first`` skips that
+    many examples, for a second, different dataset."""
+    names = names or [(0, s) for s in range(n_shards)]
+    n_shards = len(names)
     out.mkdir(parents=True, exist_ok=True)
     tok_path = shared / "e-tokenizers/gpt2-tokenizer.json"
     tok = Tokenizer.from_file(str(tok_path))
@@ -100,11 +104,11 @@ def write_packed_dataset(
             current = []
         current.append(ex | {"slot_len": image_tokens})
     entries = []
-    for s in range(n_shards):
+    for s, (part, index) in enumerate(names):
         seqs = sequences[s * seqs_per_shard : (s + 1) * seqs_per_shard]
-        samples = [(sample_key(0, s, j), assemble(seq, seq_len, ids["pad"])) for j, seq in enumerate(seqs)]
-        tar, index = tar_bytes(samples)
-        put_shard(str(out), shard_name(0, s), tar, index)
+        samples = [(sample_key(part, index, j), assemble(seq, seq_len, ids["pad"])) for j, seq in enumerate(seqs)]
+        tar, tar_index = tar_bytes(samples)
+        put_shard(str(out), shard_name(part, index), tar, tar_index)
         tokens: dict[str, int] = {}
         n_ex: dict[str, int] = {}
         for e in (e for seq in seqs for e in seq):
@@ -112,7 +116,7 @@ def write_packed_dataset(
             n_ex[e["stream"]] = n_ex.get(e["stream"], 0) + 1
         entries.append(
             ShardEntry(
-                path=shard_name(0, s),
+                path=shard_name(part, index),
                 bytes=len(tar),
                 sha256=hashlib.sha256(tar).hexdigest(),
                 sequences=len(seqs),
@@ -120,7 +124,7 @@ def write_packed_dataset(
                 tokens=tokens,
                 examples=n_ex,
                 mix={k: round(v / sum(tokens.values()), 6) for k, v in tokens.items()},
-                full=s < n_shards - 1,
+                full=s + 1 < n_shards and names[s + 1][0] == part,
             )
         )
     header = Header(
