@@ -44,7 +44,8 @@ table.kv td{padding:1px 10px 1px 0;vertical-align:top} table.kv td:first-child{c
 .legend i{display:inline-block;width:10px;height:10px;margin-right:4px;border-radius:2px}
 .hist{display:flex;align-items:flex-end;gap:2px;height:90px;border-bottom:1px solid #999}
 .hist div{background:#4e79a7;width:16px;min-height:1px}
-.hist-l{display:flex;gap:2px;font-size:10px;color:#666} .hist-l span{width:16px;text-align:center}
+.hist-l{display:flex;gap:2px;font-size:10px;color:#666}
+.hist-l span{width:16px;text-align:center;overflow:visible;white-space:nowrap}
 .seq{background:#fff;border:1px solid #ddd;border-radius:8px;padding:10px 12px;margin:12px 0}
 .seq h3 code{font-weight:normal}
 .text{white-space:pre-wrap;word-break:break-word;font-family:ui-monospace,monospace;font-size:12.5px}
@@ -69,6 +70,8 @@ def colour(stream: str) -> str:
 
 
 def _bar(shares: dict[str, float], label: str) -> str:
+    order = {s: i for i, s in enumerate(STREAMS)}
+    shares = dict(sorted(shares.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0])))
     spans = "".join(
         f'<span style="width:{100 * max(0.0, float(v)):.3f}%;background:{colour(k)}" '
         f'title="{esc(k)} {100 * float(v):.2f}%"></span>'
@@ -86,10 +89,12 @@ def _legend(streams: Iterable[str]) -> str:
 def _hist(counts: Sequence[int], labels: Sequence[str], title: str) -> str:
     top = max(counts, default=0) or 1
     cols = "".join(
-        f'<div style="height:{100 * c / top:.1f}%" title="{esc(lab)}: {c}"></div>'
+        f'<div style="height:{100 * c / top:.1f}%" title="≤ {esc(lab)}: {c}"></div>'
         for c, lab in zip(counts, labels, strict=True)
     )
-    labs = "".join(f"<span>{esc(lab)}</span>" for lab in labels)
+    step = -(-len(labels) // 6) or 1  # about six labels under the axis
+    shown = [lab if i % step == 0 else "" for i, lab in enumerate(labels)]
+    labs = "".join(f"<span>{esc(lab)}</span>" for lab in shown)
     body = f'<div class="hist">{cols}</div><div class="hist-l">{labs}</div>'
     return f'<div class="card"><h3>{esc(title)}</h3>{body}</div>'
 
@@ -264,7 +269,7 @@ def shard_page(
         ("tokens", ", ".join(f"{k} {v:,}" for k, v in summary.get("tokens", {}).items())),
     ]
     if entry is not None:
-        info.append(("full shard", entry.full))
+        info.append(("full shard", "yes" if entry.full else "no (last of its partition)"))
     header = (
         '<div class="grid">'
         f'<div class="card"><h3>shard</h3>{_kv(info)}</div>'
