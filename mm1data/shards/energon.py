@@ -16,7 +16,7 @@ import json
 from collections.abc import Iterable
 from typing import IO, Any
 
-from mm1data.shards.format import FORMAT, Manifest, atomic_write, parse_shard_name
+from mm1data.shards.format import FORMAT, Manifest, atomic_write, parse_shard_name, shard_range
 
 NV_META = ".nv-meta"
 DATASET_YAML = "dataset.yaml"
@@ -46,9 +46,7 @@ class _SplitRuns:
 
     def _flush(self) -> None:
         if self.run:
-            part, first, last = self.run
-            name = f"shard-{part:05d}-" + (f"{{{first:05d}..{last:05d}}}" if last > first else f"{first:05d}")
-            self.f.write(f"  - '{name}.tar'\n")
+            self.f.write(f"  - '{shard_range(*self.run)}'\n")
         self.run = None
 
     def add(self, path: str) -> None:

@@ -83,6 +83,13 @@ def shard_name(part: int, index: int) -> str:
     return f"shard-{part:05d}-{index:05d}.tar"
 
 
+def shard_range(part: int, first: int, last: int) -> str:
+    """A brace pattern (``braceexpand``, as Energon reads it) naming shards ``first..last`` of ``part``."""
+    if first == last:
+        return shard_name(part, first)
+    return f"shard-{part:05d}-{{{first:05d}..{last:05d}}}.tar"
+
+
 def parse_shard_name(name: str) -> tuple[int, int] | None:
     """``(part, index)`` of a name made by :func:`shard_name`, else None."""
     m = _SHARD_NAME.match(name.rsplit("/", 1)[-1])

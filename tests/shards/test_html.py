@@ -4,6 +4,7 @@ sequence, one band per example, every image inline, and nothing from the data le
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import json
 from html.parser import HTMLParser
@@ -16,7 +17,6 @@ from click.testing import CliRunner
 from mm1data.cli import main
 from mm1data.shards.energon import write_energon_metadata
 from mm1data.shards.format import (
-    Header,
     Mix,
     Tokenizer,
     read_manifest,
@@ -27,6 +27,7 @@ from mm1data.shards.format import (
 from mm1data.shards.inspect import read_shard_bytes
 from mm1data.shards.writer import assemble, put_shard, shard_entry, tar_bytes
 from mm1data.tokens.tokenizer import TextTokenizer
+from tests.shards.test_format import HEADER
 from tests.train.shards_helper import write_packed_dataset
 
 EVIL = "<script>alert('x')</script>\"><img src=x onerror=alert(1)>"
@@ -153,12 +154,8 @@ def test_text_ids_and_lineage_from_the_data_are_escaped(tmp_path: Path) -> None:
         "tokens": json.dumps({"caption": len(ids)}),
         "examples": json.dumps({"caption": 1}),
     }
-    header = Header(
-        seq_len=64,
-        image_tokens=4,
-        max_images=2,
-        image_size=32,
-        jpeg_quality=90,
+    header = dataclasses.replace(
+        HEADER,
         tokenizer=Tokenizer(**tok.manifest()),
         special_tokens=tok.ids,
         mix=Mix(target={"caption": 1.0}, unit="tokens", realized={"caption": 1.0}),

@@ -106,7 +106,7 @@ def write_packed_dataset(
     entries = []
     for s, (part, index) in enumerate(names):
         seqs = sequences[s * seqs_per_shard : (s + 1) * seqs_per_shard]
-        samples = [(sample_key(part, index, j), assemble(seq, seq_len, ids["pad"])) for j, seq in enumerate(seqs)]
+        samples = [(sample_key(part, index, j), assemble(q, seq_len, ids["pad"])) for j, q in enumerate(seqs)]
         tar, tar_index = tar_bytes(samples)
         put_shard(str(out), shard_name(part, index), tar, tar_index)
         tokens: dict[str, int] = {}
