@@ -38,7 +38,6 @@ def make_dataset(out: Path, shards: int, shard_mb: float) -> int:
     with ``.tar.idx``, ``.nv-meta`` and manifest.json; returns the shards' total bytes."""
     import numpy as np
 
-    from mm1data.shards.energon import write_energon_metadata
     from mm1data.shards.format import (
         Header,
         Mix,
@@ -46,9 +45,8 @@ def make_dataset(out: Path, shards: int, shard_mb: float) -> int:
         Tokenizer,
         sample_key,
         shard_name,
-        write_manifest_file,
     )
-    from mm1data.shards.writer import assemble, put_shard, tar_bytes
+    from mm1data.shards.writer import assemble, finish_dataset, put_shard, tar_bytes
 
     coco = DATA / "a-coco-mini"
     anns = json.loads((coco / "annotations/captions_val2017.json").read_text())
@@ -90,8 +88,7 @@ def make_dataset(out: Path, shards: int, shard_mb: float) -> int:
         special_tokens={"pad": 0, "eos": 1, "image": 2}, epochs={"caption": 1.0},
         mix=Mix(target={"caption": 1.0}, unit="tokens", realized={"caption": 1.0}),
     )  # fmt: skip
-    write_energon_metadata(str(out), ((e.path, e.sequences) for e in entries))
-    return write_manifest_file(str(out), header, entries).bytes
+    return finish_dataset(str(out), header, entries).bytes
 
 
 def main() -> None:

@@ -32,7 +32,6 @@ from mm1data.pack.plan import Plan, plan_build
 from mm1data.report import StageLog
 from mm1data.runners.workdir import WorkDir, fingerprint
 from mm1data.schemas import REJECT
-from mm1data.shards.energon import write_energon_metadata
 from mm1data.shards.format import (
     Header,
     Mix,
@@ -41,9 +40,8 @@ from mm1data.shards.format import (
     Totals,
     shard_name,
     tar_index_name,
-    write_manifest_file,
 )
-from mm1data.shards.writer import SHARD_STATS, shard_entry, write_shard
+from mm1data.shards.writer import SHARD_STATS, finish_dataset, shard_entry, write_shard
 from mm1data.tokens.render import METADATA_COLUMNS, render_batch
 from mm1data.tokens.tokenizer import TextTokenizer
 
@@ -352,7 +350,6 @@ def run_build(recipe: Recipe, output: str, restart: bool = False, log: StageLog 
         timings["write"] = time.perf_counter() - t
         log.stage("write", time.perf_counter() - t, written=todo, kept_from_earlier_run=len(finished))
     header = manifest_header(cfg, tok, plan)
-    write_energon_metadata(root, ((r["path"], r["sequences"]) for r in shard_rows))  # before the manifest
     stats = {
         "output": output,
         "streams": record_stats,
@@ -373,7 +370,7 @@ def run_build(recipe: Recipe, output: str, restart: bool = False, log: StageLog 
         fs.pipe_file(f"{path}/stats.json", json.dumps(stats, indent=2).encode())
 
     entries = shard_entries(plan, shard_rows)
-    write_manifest_file(root, header, entries, plan.bound, before_commit=write_stats)  # last: complete
+    finish_dataset(root, header, entries, plan.bound, before_commit=write_stats)  # .nv-meta, manifest last
     log.stage("build", stats["wall_s"], shards=len(shard_rows), sequences=stats["totals"]["sequences"])
     return stats
 

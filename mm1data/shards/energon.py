@@ -4,13 +4,15 @@ Energon reads a prepared WebDataset through ``<root>/.nv-meta/``: ``dataset.yaml
 dataset: samples reach the user's cooker as dicts, see :mod:`mm1data.shards.energon_cook`),
 ``split.yaml`` (every shard in the ``train`` split) and ``.info.json`` (samples per shard), plus a
 ``<shard>.tar.idx`` beside each tar (sample offsets; :func:`mm1data.shards.format.pack_tar_index`,
-written by the shard writer). This module writes the ``.nv-meta`` files from an iterator of
-``(shard path, samples)`` in one pass (memory does not grow with the number of shards) and checks
-them. It does not import Energon: the files are plain YAML and JSON.
+written by the shard writer). :class:`EnergonMetadata` writes the ``.nv-meta`` files as shards
+arrive (memory does not grow with the number of shards; :func:`mm1data.shards.writer.finish_dataset`
+feeds it in the same pass that writes ``manifest.json``), and :func:`verify_energon_metadata`
+checks them. It does not import Energon: the files are plain YAML and JSON.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 from collections.abc import Iterable
@@ -64,41 +66,63 @@ class _SplitRuns:
         self._flush()
 
 
+class EnergonStreams:
+    """Writes ``.info.json`` (``{"shard_counts": {path: samples}}``) and ``split.yaml`` to two text
+    streams as shards arrive (sorted by path, as in the manifest): memory does not grow with them."""
+
+    def __init__(self, info: IO[str], split: IO[str]) -> None:
+        self.info, self.runs, self.n = info, _SplitRuns(split), 0
+        info.write('{\n  "shard_counts": {')
+        split.write(f"split_parts:\n  {SPLIT}:\n")
+
+    def add(self, path: str, samples: int) -> None:
+        """One more shard."""
+        self.info.write(f"{',' if self.n else ''}\n    {json.dumps(path)}: {int(samples)}")
+        self.runs.add(path)
+        self.n += 1
+
+    def close(self) -> int:
+        """Finish both files; returns the number of shards."""
+        self.runs.close()
+        self.info.write("\n  }\n}" if self.n else "}\n}")
+        self.runs.f.write("exclude: []\n")
+        return self.n
+
+
 def write_energon_streams(info: IO[str], split: IO[str], shards: Iterable[tuple[str, int]]) -> int:
-    """Write ``.info.json`` (``{"shard_counts": {path: samples}}``) and ``split.yaml`` to two text
-    streams in one pass over ``shards`` (sorted by path, as in the manifest); returns the shard count."""
-    info.write('{\n  "shard_counts": {')
-    split.write(f"split_parts:\n  {SPLIT}:\n")
-    runs = _SplitRuns(split)
-    n = 0
+    """:class:`EnergonStreams` over ``(shard path, samples)`` pairs; returns the shard count."""
+    streams = EnergonStreams(info, split)
     for path, samples in shards:
-        info.write(f"{',' if n else ''}\n    {json.dumps(path)}: {int(samples)}")
-        runs.add(path)
-        n += 1
-    runs.close()
-    info.write("\n  }\n}" if n else "}\n}")
-    split.write("exclude: []\n")
-    return n
+        streams.add(path, samples)
+    return streams.close()
 
 
-def write_energon_metadata(output: str, shards: Iterable[tuple[str, int]]) -> int:
-    """Write ``output/.nv-meta/{dataset.yaml,.info.json,split.yaml}`` (local or ``s3://``), each
-    atomically, from ``(shard path, samples)`` pairs sorted by path, in one pass. Call it after the
-    shards and before ``manifest.json``. Returns the number of shards."""
-    root = output.rstrip("/")
-    with atomic_write(f"{root}/{NV_META}/{DATASET_YAML}") as f:
-        f.write(DATASET_YAML_TEXT.encode())
-    with (
-        atomic_write(f"{root}/{NV_META}/{INFO_JSON}") as info_raw,
-        atomic_write(f"{root}/{NV_META}/{SPLIT_YAML}") as split_raw,
-    ):
-        info = io.TextIOWrapper(info_raw, encoding="utf-8", newline="\n")
-        split = io.TextIOWrapper(split_raw, encoding="utf-8", newline="\n")
-        n = write_energon_streams(info, split, shards)
-        for t in (info, split):
-            t.flush()
-            t.detach()
-    return n
+class EnergonMetadata(contextlib.AbstractContextManager):
+    """``output/.nv-meta/{dataset.yaml,.info.json,split.yaml}`` (local or ``s3://``), written as shards
+    arrive (:meth:`add`) and each committed atomically when the block ends without an error."""
+
+    def __init__(self, output: str) -> None:
+        self.root = output.rstrip("/")
+        self._stack = contextlib.ExitStack()
+
+    def __enter__(self) -> EnergonMetadata:
+        files = [self._stack.enter_context(atomic_write(f"{self.root}/{p}")) for p in metadata_paths()]
+        self._texts = [io.TextIOWrapper(f, encoding="utf-8", newline="\n") for f in files]
+        self._texts[0].write(DATASET_YAML_TEXT)
+        self._streams = EnergonStreams(self._texts[1], self._texts[2])
+        return self
+
+    def add(self, path: str, samples: int) -> None:
+        """One more shard (in path order)."""
+        self._streams.add(path, samples)
+
+    def __exit__(self, *exc: Any) -> bool | None:
+        if exc[0] is None:
+            self._streams.close()
+            for t in self._texts:
+                t.flush()
+                t.detach()
+        return self._stack.__exit__(*exc)
 
 
 def energon_metadata(manifest: Manifest) -> dict[str, bytes]:

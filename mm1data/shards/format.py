@@ -33,7 +33,7 @@ import tempfile
 import types
 import typing
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any, BinaryIO, Union
 
@@ -561,27 +561,6 @@ def atomic_write(url: str) -> Iterator[BinaryIO]:
     finally:
         if os.path.exists(partial):
             os.remove(partial)
-
-
-def write_manifest_file(
-    output: str,
-    header: Header,
-    shards: Iterable[ShardEntry],
-    attainable_fill: float | None = None,
-    before_commit: Callable[[Totals], None] | None = None,
-) -> Totals:
-    """:func:`write_manifest` to ``output/manifest.json`` (local or ``s3://``), atomically; call it
-    last, after the shards and the Energon metadata: its presence means the dataset is complete.
-    ``before_commit(totals)`` runs once the manifest is written aside and before it appears (e.g.
-    to write ``stats.json`` with the totals). Returns the totals."""
-    with atomic_write(f"{output.rstrip('/')}/{MANIFEST}") as raw:
-        text = io.TextIOWrapper(raw, encoding="utf-8", newline="\n")
-        totals = write_manifest(text, header, shards, attainable_fill)
-        text.flush()
-        text.detach()
-        if before_commit:
-            before_commit(totals)
-    return totals
 
 
 def read_manifest(root: str, endpoint_url: str | None = None) -> Manifest:

@@ -12,21 +12,26 @@ import hashlib
 import io
 import json
 import tarfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
 
 from mm1data.shards.format import (
     ARRAYS,
+    MANIFEST,
     META,
+    Header,
     ShardEntry,
+    Totals,
+    atomic_write,
     image_member,
     npy_bytes,
     pack_tar_index,
     sample_key,
     shard_name,
     tar_index_name,
+    write_manifest,
 )
 
 MTIME = 0  # every tar member: 1970-01-01, uid/gid 0, mode 0644, no owner names
@@ -188,3 +193,34 @@ def shard_entry(row: dict, mix: dict[str, float], full: bool) -> ShardEntry:
         mix={k: round(v, 6) for k, v in mix.items()},
         full=full,
     )
+
+
+def finish_dataset(
+    output: str,
+    header: Header,
+    shards: Iterable[ShardEntry],
+    attainable_fill: float | None = None,
+    before_commit: Callable[[Totals], None] | None = None,
+) -> Totals:
+    """End a dataset whose shards are written: one pass over its shard entries (sorted by path; an
+    iterator is enough, memory does not grow with them) writes the ``.nv-meta`` files Energon reads
+    and ``manifest.json``. The ``.nv-meta`` files are committed first; then ``before_commit(totals)``
+    runs (e.g. to write ``stats.json``); then ``manifest.json`` appears, last, meaning complete.
+    Returns the manifest's totals."""
+    from mm1data.shards.energon import EnergonMetadata
+
+    with atomic_write(f"{output.rstrip('/')}/{MANIFEST}") as raw:
+        text = io.TextIOWrapper(raw, encoding="utf-8", newline="\n")
+        with EnergonMetadata(output) as meta:
+
+            def entries() -> Iterator[ShardEntry]:
+                for e in shards:
+                    meta.add(e.path, e.sequences)
+                    yield e
+
+            totals = write_manifest(text, header, entries(), attainable_fill)
+        text.flush()
+        text.detach()
+        if before_commit:
+            before_commit(totals)
+    return totals

@@ -15,17 +15,15 @@ import pytest
 from click.testing import CliRunner
 
 from mm1data.cli import main
-from mm1data.shards.energon import write_energon_metadata
 from mm1data.shards.format import (
     Mix,
     Tokenizer,
     read_manifest,
     sample_key,
     shard_name,
-    write_manifest_file,
 )
 from mm1data.shards.inspect import read_shard_bytes
-from mm1data.shards.writer import assemble, put_shard, shard_entry, tar_bytes
+from mm1data.shards.writer import assemble, finish_dataset, put_shard, shard_entry, tar_bytes
 from mm1data.tokens.tokenizer import TextTokenizer
 from tests.shards.test_format import HEADER
 from tests.train.shards_helper import write_packed_dataset
@@ -161,8 +159,7 @@ def test_text_ids_and_lineage_from_the_data_are_escaped(tmp_path: Path) -> None:
         mix=Mix(target={"caption": 1.0}, unit="tokens", realized={"caption": 1.0}),
         epochs={"caption": 1.0},
     )
-    write_energon_metadata(str(tmp_path), [(row["path"], 1)])
-    write_manifest_file(str(tmp_path), header, [shard_entry(row, {"caption": 1.0}, full=False)])
+    finish_dataset(str(tmp_path), header, [shard_entry(row, {"caption": 1.0}, full=False)])
     assert read_manifest(str(tmp_path)).totals.sequences == 1
     out = tmp_path / "evil.html"
     result = CliRunner().invoke(

@@ -19,10 +19,9 @@ import numpy as np
 from PIL import Image
 from tokenizers import Tokenizer
 
-from mm1data.shards.energon import write_energon_metadata
-from mm1data.shards.format import Header, Mix, ShardEntry, sample_key, shard_name, write_manifest_file
+from mm1data.shards.format import Header, Mix, ShardEntry, sample_key, shard_name
 from mm1data.shards.format import Tokenizer as TokenizerInfo
-from mm1data.shards.writer import assemble, put_shard, tar_bytes
+from mm1data.shards.writer import assemble, finish_dataset, put_shard, tar_bytes
 
 SPECIALS = {"pad": "<pad>", "image": "<image>", "image_start": "<image_start>", "image_end": "<image_end>"}
 
@@ -144,8 +143,7 @@ def write_packed_dataset(
         build={"by": "tests/train/shards_helper.py"},
         mm1data_version="test",
     )
-    write_energon_metadata(str(out), ((e.path, e.sequences) for e in entries))
-    write_manifest_file(str(out), header, entries)
+    finish_dataset(str(out), header, entries)
     return out
 
 
