@@ -32,6 +32,7 @@ from mm1data.pack.plan import Plan, plan_build
 from mm1data.report import StageLog
 from mm1data.runners.workdir import WorkDir, fingerprint
 from mm1data.schemas import REJECT
+from mm1data.shards.energon import NV_META
 from mm1data.shards.format import (
     Header,
     Mix,
@@ -95,11 +96,14 @@ def route(batch: pa.Table, placements: dict[str, list[tuple[int, int, int]]]) ->
 
 
 def _retract(output: str, restart: bool) -> None:
-    """Make ``output`` not look complete before anything changes: ``manifest.json`` goes first.
+    """Make ``output`` not look complete before anything changes: ``manifest.json`` goes first, then
+    the ``.nv-meta`` files Energon reads.
     With ``restart`` every earlier file goes too (shards, rejects, stats and the ``_work`` stages)."""
     fs, root = fsspec_fs(output)
     if fs.exists(f"{root}/manifest.json"):
         fs.rm(f"{root}/manifest.json")
+    if fs.exists(f"{root}/{NV_META}"):  # Energon's view of the dataset goes too
+        fs.rm(f"{root}/{NV_META}", recursive=True)
     if restart:
         for path in fs.glob(f"{root}/shard-*.tar*"):
             fs.rm(path)
