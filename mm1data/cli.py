@@ -325,7 +325,7 @@ def inspect_dataset(
 
         _write_page(html_out, dataset_page(path, m, TextTokenizer(tokenizer).decode, n_sample))
     if verify:
-        problems = verify_dataset(path, m)
+        problems = verify_dataset(path, manifest=m)
         for line in problems:
             click.echo(f"MISMATCH {line}", err=True)
         if problems:

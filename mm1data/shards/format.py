@@ -622,8 +622,9 @@ def verify_shard(fs: Any, root: str, entry: ShardEntry) -> list[str]:
 
 def verify(
     root: str,
-    manifest: Manifest | None = None,
     endpoint_url: str | None = None,
+    *,
+    manifest: Manifest | None = None,
     workers: int = 8,
 ) -> list[str]:
     """Check a dataset (local folder or ``s3://`` prefix) against its manifest: every shard's size,

@@ -80,7 +80,7 @@ def check_local_build(src_dir: str | os.PathLike[str], workers: int = 8) -> tupl
         raise UsageError(f"publish: {e}") from e
     if not manifest.shards:
         raise UsageError(f"publish: {mpath} lists no shards")
-    problems = verify(str(src), manifest, workers=workers)
+    problems = verify(str(src), manifest=manifest, workers=workers)
     if problems:
         more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
         raise UsageError(f"publish: {src} does not match its manifest: {problems[0]}{more}")
