@@ -163,7 +163,8 @@ def main() -> None:
 
 def write_shards(examples: pa.Table, plan, cfg, out: Path) -> float:
     """Write the planned shards with mm1data's shard writer in this process; returns the seconds."""
-    from mm1data.shards.writer import assemble, sample_key, shard_name, tar_bytes
+    from mm1data.shards.format import sample_key, shard_name
+    from mm1data.shards.writer import assemble, put_shard, tar_bytes
     from mm1data.tokens.render import load_tokenizer
 
     pad = load_tokenizer(cfg.tokenizer).ids["pad"]
@@ -174,10 +175,10 @@ def write_shards(examples: pa.Table, plan, cfg, out: Path) -> float:
     t0 = time.process_time()
     for k, shard in enumerate(plan.shards):
         samples = [
-            (sample_key(k, j), assemble([rows[i] for i in seq], cfg.seq_len, pad))
+            (sample_key(0, k, j), assemble([rows[i] for i in seq], cfg.seq_len, pad))
             for j, seq in enumerate(shard)
         ]
-        (out / shard_name(k)).write_bytes(tar_bytes(samples))
+        put_shard(str(out), shard_name(0, k), *tar_bytes(samples))
     return time.process_time() - t0
 
 

@@ -1,8 +1,9 @@
 """Publish throughput to a local S3 server: ``mm1data publish`` vs ``s3fs`` ``put`` of the same files.
 
-Data: WebDataset tars made of the real COCO-mini val2017 JPEGs (and one caption each), repeated
-until each shard reaches ``--shard-mb`` MB (scaled data: the same 79 images over and over), plus
-a manifest. Store: a moto S3 server on 127.0.0.1 in this process, as in the tests.
+Data: packed-v1 shards made of the real COCO-mini val2017 JPEGs (one per sequence, with its
+caption), repeated until each shard reaches ``--shard-mb`` MB (scaled data: the same 79 images
+over and over), with their ``.tar.idx``, ``.nv-meta`` and manifest. Store: a moto S3 server on
+127.0.0.1 in this process, as in the tests.
 
 - peer: ``s3fs.S3FileSystem.put(files, prefix)`` (s3fs's own concurrent upload; multipart for big
   files), nothing verified;
@@ -19,12 +20,10 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import io
 import json
 import logging
 import os
 import sys
-import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -34,7 +33,21 @@ DATA = Path(os.environ.get("MM1DATA_SHARED_DATA", REPO.parent / "shared" / "data
 
 
 def make_dataset(out: Path, shards: int, shard_mb: float) -> int:
-    """``shards`` tars of real COCO JPEGs of about ``shard_mb`` MB each plus manifest.json; total bytes."""
+    """A packed-v1 dataset of ``shards`` shards of about ``shard_mb`` MB each: one sequence per real
+    COCO JPEG (kept as it is) with its caption bytes as tokens, written by mm1data's shard writer,
+    with ``.tar.idx``, ``.nv-meta`` and manifest.json; returns the shards' total bytes."""
+    import numpy as np
+
+    from mm1data.shards.format import (
+        Header,
+        Mix,
+        ShardEntry,
+        Tokenizer,
+        sample_key,
+        shard_name,
+    )
+    from mm1data.shards.writer import assemble, finish_dataset, put_shard, tar_bytes
+
     coco = DATA / "a-coco-mini"
     anns = json.loads((coco / "annotations/captions_val2017.json").read_text())
     captions = {a["image_id"]: a["caption"] for a in anns["annotations"]}
@@ -43,23 +56,39 @@ def make_dataset(out: Path, shards: int, shard_mb: float) -> int:
         for im in anns["images"]
         if (coco / "val2017" / im["file_name"]).exists()
     ]
+    seq_len, slot = 256, 16
     out.mkdir(parents=True, exist_ok=True)
     entries, k = [], 0
     for s in range(shards):
-        name = f"shard-{s:05d}.tar"
-        with tarfile.open(out / name, "w") as tar:
-            while (out / name).stat().st_size < shard_mb * 1e6:
-                jpg, txt = images[k % len(images)]
-                for ext, data in (("jpg", jpg), ("txt", txt)):
-                    info = tarfile.TarInfo(f"{k:08d}.{ext}")
-                    info.size = len(data)
-                    tar.addfile(info, io.BytesIO(data))
-                k += 1
-                tar.fileobj.flush()
-        blob = (out / name).read_bytes()
-        entries.append({"path": name, "bytes": len(blob), "sha256": hashlib.sha256(blob).hexdigest()})
-    (out / "manifest.json").write_text(json.dumps({"format": "bench/coco-tars", "shards": entries}))
-    return sum(e["bytes"] for e in entries)
+        samples, size, tokens = [], 0, 0
+        while size < shard_mb * 1e6:
+            jpg, txt = images[k % len(images)]
+            ids = [2] * slot + list(txt[: seq_len - slot])
+            ex = {
+                "stream": "caption", "id": f"coco-{k}", "part": 0, "lineage": {"source": "b", "offset": k},
+                "tokens": np.asarray(ids, "<i4").tobytes(), "loss_mask": np.ones(len(ids), "u1").tobytes(),
+                "image_starts": [0], "images": [jpg], "slot_len": slot,
+            }  # fmt: skip
+            samples.append((sample_key(0, s, len(samples)), assemble([ex], seq_len, 0)))
+            size += len(jpg) + 3 * 1024
+            tokens += len(ids)
+            k += 1
+        tar, index = tar_bytes(samples)
+        put_shard(str(out), shard_name(0, s), tar, index)
+        entries.append(
+            ShardEntry(
+                path=shard_name(0, s), bytes=len(tar), sha256=hashlib.sha256(tar).hexdigest(),
+                sequences=len(samples), images=len(samples), tokens={"caption": tokens},
+                examples={"caption": len(samples)}, mix={"caption": 1.0}, full=s < shards - 1,
+            )
+        )  # fmt: skip
+    header = Header(
+        seq_len=seq_len, image_tokens=slot, max_images=1, image_size=640, jpeg_quality=95,
+        tokenizer=Tokenizer(name="bytes", sha256="0" * 64, vocab_size=256),
+        special_tokens={"pad": 0, "eos": 1, "image": 2}, epochs={"caption": 1.0},
+        mix=Mix(target={"caption": 1.0}, unit="tokens", realized={"caption": 1.0}),
+    )  # fmt: skip
+    return finish_dataset(str(out), header, entries).bytes
 
 
 def main() -> None:
@@ -93,7 +122,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "build"
         total = make_dataset(src, args.shards, args.shard_mb)
-        files = sorted(str(p) for p in src.glob("*.tar"))
+        files = sorted(str(p) for p in src.glob("*.tar*"))  # the shards and their .tar.idx
         print(f"data: {args.shards} tars of real COCO JPEGs (scaled, repeated), {total / 1e6:.1f} MB")
         print(f"store: moto S3 server on 127.0.0.1, {os.cpu_count()} cores; best of {args.repeats}\n")
         times: dict[str, list[float]] = {"s3fs put": [], "mm1data publish": [], "mm1data rerun": []}

@@ -201,7 +201,7 @@ def publish_rates(tmp: Path, shards: int = 6, shard_mb: float = 16.0) -> tuple[f
     peer = s3fs.S3FileSystem(skip_instance_cache=True)
     peer.mkdir("bench")
     t0 = time.perf_counter()
-    peer.put(sorted(str(p) for p in src.glob("*.tar")), "bench/peer/", batch_size=8)
+    peer.put(sorted(str(p) for p in src.glob("*.tar*")), "bench/peer/", batch_size=8)  # tars + .tar.idx
     peer_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     publish(src, "s3://bench/mm1", workers=8)

@@ -64,8 +64,9 @@ def run_build(recipe: Recipe, output: str, restart: bool = False, log: StageLog 
                 **{f"{k.split('/', 1)[0]}/mix/{k.rsplit('/', 1)[1]}": v for k, v in stats["rejects"].get("mix", {}).items()},
             },
         }  # fmt: skip
-        stats["mix"] = write.get("mix", {})
-        stats["epochs"] = write.get("epochs", {})
+        header = write.get("header", {})
+        stats["mix"] = header.get("mix", {})
+        stats["epochs"] = header.get("epochs", {})
         stats["totals"] = write.get("totals", {})
         stats["shards"] = stats["totals"].get("shards", 0)
         stats["plan_partitions"] = plan.get("partitions")

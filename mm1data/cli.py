@@ -214,13 +214,24 @@ def inspect() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--export-images", type=click.Path(), default=None, help="Write the shard's images to DIR.")
 @click.option("--tokenizer", default=None, help="tokenizer.json for --sample (default: the bundled one).")
+@click.option(
+    "--html", "html_out", type=click.Path(), default=None, help="Write a self-contained page of the shard."
+)
+@click.option(
+    "--max-sequences", type=int, default=32, show_default=True, help="Sequences on the --html page."
+)
 def inspect_shard(
-    path: str, n_sample: int, as_json: bool, export_images: str | None, tokenizer: str | None
+    path: str,
+    n_sample: int,
+    as_json: bool,
+    export_images: str | None,
+    tokenizer: str | None,
+    html_out: str | None,
+    max_sequences: int,
 ) -> None:
     """Summarize one shard: sequences, fill, images, tokens per stream, and an integrity check of
     every sequence (exit code 1 when any invariant is broken)."""
     import json
-    import posixpath
 
     from mm1data.shards import inspect as si
 
@@ -236,13 +247,18 @@ def inspect_shard(
         click.echo(f"images     {summary['images']} ({per_seq})")
         for stream, n in summary["tokens"].items():
             click.echo(f"  {stream:<18} {n:>10} tokens {summary['examples'][stream]:>7} examples")
-    if summary["ok"] and (n_sample or export_images):
+    if summary["ok"] and (n_sample or export_images or html_out):
         samples = si.read_shard_bytes(si.read_bytes(path))
-        try:
-            manifest = si.read_manifest(posixpath.dirname(path) or ".")
-        except UsageError:
-            manifest = None
+        manifest = si.manifest_beside(path)
         contract = si.infer_contract(samples, manifest)
+        if html_out:
+            from mm1data.shards.html import shard_page
+            from mm1data.tokens.tokenizer import TextTokenizer
+
+            page = shard_page(
+                path, samples, summary, manifest, TextTokenizer(tokenizer).decode, max_sequences
+            )
+            _write_page(html_out, page)
         if n_sample:
             from mm1data.tokens.tokenizer import TextTokenizer
 
@@ -265,46 +281,64 @@ def inspect_shard(
 
 @inspect.command("dataset")
 @click.argument("path")
-@click.option("--verify", is_flag=True, help="Re-hash every shard against the manifest (exit 1 on mismatch).")
-def inspect_dataset(path: str, verify: bool) -> None:
-    """Show a dataset's manifest (local folder or s3:// prefix) as a table; --verify re-hashes every shard."""
+@click.option(
+    "--verify", is_flag=True, help="Check every shard, .tar.idx and .nv-meta file (exit 1 on mismatch)."
+)
+@click.option("--html", "html_out", type=click.Path(), default=None, help="Also write a self-contained page.")
+@click.option("--sample", "n_sample", type=int, default=8, show_default=True, help="Sequences on the page.")
+@click.option("--tokenizer", default=None, help="tokenizer.json for --html (default: the bundled one).")
+def inspect_dataset(
+    path: str, verify: bool, html_out: str | None, n_sample: int, tokenizer: str | None
+) -> None:
+    """Show a dataset's manifest (local folder or s3:// prefix) as a table; --verify re-hashes every
+    shard and checks the Energon files; --html writes a page with the mix, histograms and sequences."""
     import json
 
-    from mm1data.shards.inspect import read_manifest, verify_dataset
+    from mm1data.shards.format import read_manifest
+    from mm1data.shards.format import verify as verify_dataset
 
     m = read_manifest(path)
-    mix = m.get("mix", {})
-    tok = m.get("tokenizer", {})
     rows = [
-        ("format", f"{m['format']} v{m.get('version')}"),
-        ("layout", f"seq_len {m['seq_len']}, image_tokens {m['image_tokens']}, max_images {m['max_images']}"),
-        ("images", f"{m['image_size']}² JPEG q{m.get('jpeg_quality')}"),
-        ("tokenizer", f"{tok.get('name')} vocab {tok.get('vocab_size')} sha256 {tok.get('sha256')}"),
-        ("special tokens", json.dumps(m.get("special_tokens"))),
-        ("mix target", f"{json.dumps(mix.get('target'))} by {mix.get('unit')}"),
-        ("mix realized", json.dumps(mix.get("realized"))),
-        ("epochs", json.dumps(m.get("epochs"))),
-        ("totals", json.dumps(m.get("totals"))),
-        ("mm1data", str(m.get("mm1data_version"))),
+        ("format", f"{m.format} v{m.version}"),
+        ("layout", f"seq_len {m.seq_len}, image_tokens {m.image_tokens}, max_images {m.max_images}"),
+        ("images", f"{m.image_size}² JPEG q{m.jpeg_quality}"),
+        ("tokenizer", f"{m.tokenizer.name} vocab {m.tokenizer.vocab_size} sha256 {m.tokenizer.sha256}"),
+        ("special tokens", json.dumps(m.special_tokens)),
+        ("mix target", f"{json.dumps(m.mix.target)} by {m.mix.unit}"),
+        ("mix realized", json.dumps(m.mix.realized)),
+        ("epochs", json.dumps(m.epochs)),
+        ("partitions", str(m.partitions)),
+        ("totals", json.dumps(m.totals.to_json())),
+        ("mm1data", m.mm1data_version),
     ]
     for name, value in rows:
         click.echo(f"{name:<15} {value}")
-    streams = sorted({k for s in m["shards"] for k in s.get("tokens", {})})
+    streams = sorted({k for s in m.shards for k in s.tokens})
     header = "".join(f"{s:>20}" for s in streams)
-    click.echo(f"\n{'shard':<20}{'sequences':>10}{'images':>8}{'MB':>8}{header}   (tokens per stream)")
-    for s in m["shards"]:
-        tokens = "".join(f"{s.get('tokens', {}).get(k, 0):>20}" for k in streams)
-        size = s["bytes"] / 1e6
-        click.echo(f"{s['path']:<20}{s['sequences']:>10}{s.get('images', 0):>8}{size:>8.1f}{tokens}")
+    click.echo(f"\n{'shard':<24}{'sequences':>10}{'images':>8}{'MB':>8}{header}   (tokens per stream)")
+    for s in m.shards:
+        tokens = "".join(f"{s.tokens.get(k, 0):>20}" for k in streams)
+        click.echo(f"{s.path:<24}{s.sequences:>10}{s.images:>8}{s.bytes / 1e6:>8.1f}{tokens}")
+    if html_out:
+        from mm1data.shards.html import dataset_page
+        from mm1data.tokens.tokenizer import TextTokenizer
+
+        _write_page(html_out, dataset_page(path, m, TextTokenizer(tokenizer).decode, n_sample))
     if verify:
-        results = verify_dataset(path, m)
-        bad = [r for r in results if not r["ok"]]
-        for r in bad:
-            click.echo(f"MISMATCH {r['path']}: {r['problem']}", err=True)
-        if bad:
-            click.echo(f"verify FAILED: {len(bad)} of {len(results)} shards", err=True)
+        problems = verify_dataset(path, manifest=m)
+        for line in problems:
+            click.echo(f"MISMATCH {line}", err=True)
+        if problems:
+            click.echo(f"verify FAILED: {len(problems)} problems in {len(m.shards)} shards", err=True)
             sys.exit(1)
-        click.echo(f"verify ok: {len(results)} shards match their sha256 and size")
+        click.echo(f"verify ok: {len(m.shards)} shards match their sha256, size and .tar.idx; .nv-meta ok")
+
+
+def _write_page(out: str, page: str) -> None:
+    from pathlib import Path
+
+    Path(out).write_text(page, encoding="utf-8")
+    click.echo(f"wrote {out} ({len(page.encode()) / 1e6:.1f} MB, self-contained)")
 
 
 @main.command()

@@ -60,9 +60,12 @@ REFERENCE_BUILD = {"shard_size": 1}  # `mm1data build --mix 45:45:10 --shard-siz
 
 
 def output_files(out: Path) -> dict[str, bytes]:
-    """Everything a build publishes (shards, manifest, rejects), by path; not stats or ``_work``."""
+    """Everything a build publishes (shards and their ``.tar.idx``, ``.nv-meta``, manifest, rejects),
+    by path; not stats or ``_work``."""
     files = [
         *sorted(out.glob("shard-*.tar")),
+        *sorted(out.glob("shard-*.tar.idx")),
+        *sorted(out.glob(".nv-meta/*")),
         out / "manifest.json",
         *sorted(out.glob("rejects/*/*.parquet")),
     ]

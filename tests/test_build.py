@@ -17,6 +17,7 @@ import pytest
 from mm1data.build import run_build
 from mm1data.config import SAMPLE_RECIPE, BuildConfig, Recipe, Sources, SourceSpec, load_recipe
 from mm1data.shards import inspect as ins
+from mm1data.shards.format import Manifest, verify
 from mm1data.tokens.tokenizer import TextTokenizer
 
 SMALL = dict(seq_len=1024, image_tokens=16, max_images=8, image_size=64, shard_size=3)
@@ -39,7 +40,7 @@ def sample_build(ray_local, tmp_path_factory):
 
 def test_every_sequence_meets_the_contract(sample_build):
     out, _, manifest = sample_build
-    contract = ins.Contract.from_manifest(manifest)
+    contract = ins.Contract.from_manifest(Manifest.from_json(manifest))
     samples = all_samples(out, manifest)
     assert len(samples) == manifest["totals"]["sequences"] > 3
     for s in samples:
@@ -51,9 +52,7 @@ def test_every_sequence_meets_the_contract(sample_build):
 
 def test_manifest_hashes_sizes_and_counts_match_the_files(sample_build):
     out, _, manifest = sample_build
-    assert ins.verify_dataset(str(out), manifest) == [
-        {"path": e["path"], "ok": True, "problem": None} for e in manifest["shards"]
-    ]
+    assert verify(str(out)) == []  # sizes, sha256, .tar.idx and .nv-meta all match
     for e in manifest["shards"]:
         samples = ins.read_shard_bytes((out / e["path"]).read_bytes())
         assert len(samples) == e["sequences"] <= 3
@@ -165,7 +164,7 @@ def test_shared_data_per_stream_upsampled_build(ray_local, tmp_path, shared_data
     out, stats, manifest = build(
         tmp_path, recipe, mix="caption=70,text=30", upsample=True, pack_mode="per-stream", seed=3, **SMALL
     )
-    contract = ins.Contract.from_manifest(manifest)
+    contract = ins.Contract.from_manifest(Manifest.from_json(manifest))
     samples = all_samples(out, manifest)
     for s in samples:
         assert ins.check_sample(s, contract) == [], s.key

@@ -11,7 +11,7 @@ import sys
 
 import boto3
 
-from mm1data.shards.publish import verify_dataset
+from mm1data.shards.format import verify as verify_dataset
 
 
 def _build(*args: str, env: dict) -> subprocess.CompletedProcess:

@@ -17,8 +17,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from mm1data.errors import UsageError
+from mm1data.shards.format import STREAMS as MIX_STREAMS
+from mm1data.shards.format import mix_group  # noqa: F401 - re-exported: the contract owns the rule
 
-MIX_STREAMS = ("caption", "synthetic_caption", "interleaved", "text")
 POSITIONAL = ("caption", "interleaved", "text")
 RATIO_TOLERANCE = 0.001
 """Selection is redone once, at the scale the coarsest stream really matched, when a share is
@@ -49,14 +50,6 @@ def parse_mix(spec: str) -> dict[str, float]:
         raise UsageError(f"--mix {spec!r}: weights must be >= 0 and not all 0")
     total = sum(raw.values())
     return {k: raw[k] / total for k in MIX_STREAMS if raw.get(k, 0) > 0}
-
-
-def mix_group(stream: str, target: dict[str, float]) -> str:
-    """The mix entry an example of ``stream`` counts toward: synthetic captions count as captions
-    unless the mix names ``synthetic_caption``."""
-    if stream == "synthetic_caption" and stream not in target:
-        return "caption"
-    return stream
 
 
 @dataclass

@@ -129,6 +129,8 @@ def plan_sums(table: pa.Table, target: dict[str, float], unit: str) -> pa.Table:
     add("usedw/{s}", placed, weight)
     add("tokens/{g}", placed, tokens)
     add("images/{g}", placed, images)
+    add("gexamples/{g}", placed)
+    add("gsequences/{g}", placed & (table.column("slot").to_numpy() == 0))
     add("bytes/{s}", placed, table.column("image_bytes").to_numpy().astype(np.int64))
     firsts = placed & (table.column("seq").to_numpy() == 0) & (table.column("slot").to_numpy() == 0)
     sums["shards/all"] = int(firsts.sum())
@@ -201,7 +203,11 @@ def plan_summary(sums: dict[str, int], cfg: BuildConfig) -> dict:
     else:
         need = min_sequences(sum(tokens.values()), sum(images.values()), cfg.seq_len, cfg.max_images)
     bound = sum(tokens.values()) / (need * cfg.seq_len) if need else 0.0
+    unit = {"tokens": tokens, "examples": of("gexamples"), "sequences": of("gsequences")}[cfg.mix_unit]
+    total = sum(unit.values())
+    realized = {g: unit.get(g, 0) / total if total else 0.0 for g in target}
     return {
+        "realized": realized,
         "rendered": dict(sorted(of("rendered").items())),
         "used": dict(sorted(of("used").items())),
         "placed_with_repeats": dict(sorted(of("placed").items())),

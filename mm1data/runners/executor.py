@@ -84,7 +84,7 @@ class Phase:
         """Compute this phase's outputs (lazy Ray datasets) from earlier outputs in ``data``."""
         raise NotImplementedError
 
-    def finish(self, ctx: Context) -> None:
+    def finish(self, ctx: Context, data: Data) -> None:
         """Called after rejects and ``stats.json`` are written (the build writes its manifest here)."""
 
 
@@ -411,7 +411,7 @@ class Executor:
             fs, path = fsspec_fs(ctx.root)
             fs.pipe_file(f"{path}/stats.json", (json.dumps(stats, indent=2) + "\n").encode())
             for phase in phases:
-                phase.finish(ctx)
+                phase.finish(ctx, data)
         return Result(data, stats, timings)
 
     def _run_phase(self, phase: Phase, fp: str, data: Data, ctx: Context) -> None:
@@ -498,15 +498,18 @@ class Executor:
 
 
 def retract(output: str, restart: bool) -> None:
-    """Make ``output`` not look complete before anything changes: ``manifest.json`` goes first.
-    With ``restart`` every earlier file goes too (shards, rejects, stats and ``_work``)."""
+    """Make ``output`` not look complete before anything changes: ``manifest.json`` goes first, then
+    ``.nv-meta`` (Energon's sign of a complete dataset). With ``restart`` every earlier file goes too
+    (shards, rejects, stats and ``_work``)."""
     fs, root = fsspec_fs(output)
     if fs.exists(f"{root}/manifest.json"):
         fs.rm(f"{root}/manifest.json")
+    if fs.exists(f"{root}/.nv-meta"):
+        fs.rm(f"{root}/.nv-meta", recursive=True)
     if restart:
         for p in fs.glob(f"{root}/shard-*"):
             fs.rm(p)
-        for name in ("rejects", "stats.json", "_work", ".nv-meta"):
+        for name in ("rejects", "stats.json", "_work"):
             if fs.exists(f"{root}/{name}"):
                 fs.rm(f"{root}/{name}", recursive=True)
     fs.makedirs(root, exist_ok=True)

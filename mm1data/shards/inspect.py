@@ -1,8 +1,9 @@
 """Read ``mm1data/packed-v1`` shards back: samples, the integrity check, summaries and rendering.
 
-Tar member names are sanitised before use: absolute paths, ``..`` parts and anything that is not
-a regular file are refused. :func:`check_sample` is the one statement of the contract's
-per-sequence invariants; ``mm1data inspect`` and the tests both call it.
+Member names, dtypes and the key rule come from :mod:`mm1data.shards.format`; tar member names
+are sanitised before use (absolute paths, ``..`` parts and non-regular members are refused).
+:func:`check_sample` is the one statement of the contract's per-sequence invariants;
+``mm1data inspect`` and the tests both call it.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import hashlib
 import io
 import json
 import posixpath
-import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,18 +20,18 @@ import numpy as np
 from PIL import Image
 
 from mm1data.errors import UsageError
-from mm1data.shards.writer import FORMAT
+from mm1data.shards.format import (
+    ARRAYS,
+    META,
+    BadShard,
+    Manifest,
+    image_member,
+    load_array,
+    read_manifest,
+    read_members,
+)
 
-ARRAYS = {
-    "tokens.npy": np.int32,
-    "segment_ids.npy": np.int32,
-    "positions.npy": np.int32,
-    "loss_mask.npy": np.uint8,
-}
-
-
-class BadShard(ValueError):
-    """A tar that is not a readable packed-v1 shard (bad member names, unreadable arrays...)."""
+__all__ = ["BadShard", "Contract", "Sample", "check_sample", "read_shard_bytes", "shard_summary"]
 
 
 @dataclass
@@ -48,77 +48,21 @@ class Sample:
     extra: list[str] = field(default_factory=list)  # members the contract does not name
 
 
-def safe_member_name(name: str) -> str:
-    """``name`` if it is a plain relative path (no absolute path, no ``..``), else :class:`BadShard`."""
-    norm = posixpath.normpath(name)
-    if (
-        name.startswith(("/", "\\"))
-        or norm.startswith("..")
-        or "/../" in f"/{name}/"
-        or ":" in name.split("/")[0]
-    ):
-        raise BadShard(f"unsafe member name {name!r}")
-    return norm
-
-
-def read_members(data: bytes) -> list[tuple[str, dict[str, bytes]]]:
-    """(key, {extension: bytes}) per sample, in tar order (webdataset's rule: key = up to the first dot
-    of the base name)."""
-    out: list[tuple[str, dict[str, bytes]]] = []
-    try:
-        with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
-            for info in tar:
-                name = safe_member_name(info.name)
-                if not info.isfile():
-                    raise BadShard(f"member {name!r} is not a regular file")
-                folder, base = posixpath.split(name)
-                if "." not in base:
-                    raise BadShard(f"member {name!r} has no extension")
-                key, ext = base.split(".", 1)
-                key = posixpath.join(folder, key) if folder else key
-                if not out or out[-1][0] != key:
-                    out.append((key, {}))
-                f = tar.extractfile(info)
-                out[-1][1][ext] = f.read() if f else b""
-    except tarfile.TarError as e:
-        raise BadShard(f"not a readable tar: {e}") from e
-    return out
-
-
-def load_array(data: bytes, dtype: type) -> np.ndarray:
-    """A 1-D ``.npy`` member (no pickles)."""
-    a = np.load(io.BytesIO(data), allow_pickle=False)
-    if a.ndim != 1 or a.dtype != np.dtype(dtype):
-        raise BadShard(f"array {a.dtype}{list(a.shape)}, expected 1-D {np.dtype(dtype)}")
-    return a
-
-
 def read_shard_bytes(data: bytes) -> list[Sample]:
-    """Every sample of a shard's bytes."""
+    """Every sample of a shard's bytes (:class:`BadShard` when a member is missing or unreadable)."""
     samples = []
     for key, members in read_members(data):
         try:
-            arrays = {ext: load_array(members[ext], dt) for ext, dt in ARRAYS.items()}
-            meta = json.loads(members["json"])
+            arrays = {m.removesuffix(".npy"): load_array(members[m], m) for m in ARRAYS}
+            meta = json.loads(members[META])
         except KeyError as e:
             raise BadShard(f"{key}: missing member {e}") from e
-        except (ValueError, json.JSONDecodeError) as e:
+        except (BadShard, ValueError) as e:
             raise BadShard(f"{key}: unreadable member: {e}") from e
         n_img = len(meta.get("images", []))
-        jpegs = [members.get(f"img{i:03d}.jpg", b"") for i in range(n_img)]
-        known = set(ARRAYS) | {"json"} | {f"img{i:03d}.jpg" for i in range(n_img)}
-        samples.append(
-            Sample(
-                key=key,
-                tokens=arrays["tokens.npy"],
-                segment_ids=arrays["segment_ids.npy"],
-                positions=arrays["positions.npy"],
-                loss_mask=arrays["loss_mask.npy"],
-                meta=meta,
-                jpegs=jpegs,
-                extra=sorted(set(members) - known),
-            )
-        )
+        jpegs = [members.get(image_member(i), b"") for i in range(n_img)]
+        known = set(ARRAYS) | {META} | {image_member(i) for i in range(n_img)}
+        samples.append(Sample(key=key, meta=meta, jpegs=jpegs, extra=sorted(set(members) - known), **arrays))
     return samples
 
 
@@ -131,16 +75,12 @@ def read_bytes(path: str) -> bytes:
         raise UsageError(f"not found: {path}") from e
 
 
-def read_manifest(root: str) -> dict:
-    """``root/manifest.json`` of a finished dataset; :class:`UsageError` when absent or not packed-v1."""
-    url = f"{root.rstrip('/')}/manifest.json"
+def manifest_beside(shard_path: str) -> Manifest | None:
+    """The manifest of the dataset a shard sits in, or None when there is no valid one beside it."""
     try:
-        manifest = json.loads(read_bytes(url))
-    except json.JSONDecodeError as e:
-        raise UsageError(f"{url} is not valid JSON") from e
-    if manifest.get("format") != FORMAT:
-        raise UsageError(f"{url}: format {manifest.get('format')!r}, expected {FORMAT!r}")
-    return manifest
+        return read_manifest(posixpath.dirname(shard_path) or ".")
+    except UsageError:
+        return None
 
 
 @dataclass(frozen=True)
@@ -157,16 +97,16 @@ class Contract:
     image_end: int | None = None
 
     @classmethod
-    def from_manifest(cls, m: dict) -> Contract:
+    def from_manifest(cls, m: Manifest) -> Contract:
         """The contract a manifest states."""
-        sp = m["special_tokens"]
+        sp = m.special_tokens
         return cls(
-            seq_len=int(m["seq_len"]),
-            image_tokens=int(m["image_tokens"]),
-            max_images=int(m["max_images"]),
-            image_size=int(m["image_size"]),
-            pad=int(sp["pad"]),
-            image=int(sp["image"]),
+            seq_len=m.seq_len,
+            image_tokens=m.image_tokens,
+            max_images=m.max_images,
+            image_size=m.image_size,
+            pad=sp["pad"],
+            image=sp["image"],
             image_start=sp.get("image_start"),
             image_end=sp.get("image_end"),
         )
@@ -218,15 +158,16 @@ def check_sample(s: Sample, c: Contract, decode_images: bool = True) -> list[str
         problems.append("loss mask is 1 on an image slot or marker")
     for j, jpeg in enumerate(s.jpegs):
         if not jpeg:
-            problems.append(f"img{j:03d}.jpg missing")
+            problems.append(f"{image_member(j)} missing")
         elif decode_images:
             try:
                 with Image.open(io.BytesIO(jpeg)) as im:
                     im.load()
                     if c.image_size and im.size != (c.image_size, c.image_size):
-                        problems.append(f"img{j:03d}.jpg is {im.width}x{im.height}, expected {c.image_size}²")
+                        size = f"{im.width}x{im.height}, expected {c.image_size}²"
+                        problems.append(f"{image_member(j)} is {size}")
             except OSError as e:
-                problems.append(f"img{j:03d}.jpg does not decode: {e}")
+                problems.append(f"{image_member(j)} does not decode: {e}")
     if s.extra:
         problems.append(f"unexpected members {s.extra}")
     return problems
@@ -237,7 +178,7 @@ def unpack(s: Sample) -> list[tuple[dict, np.ndarray]]:
     return [(ex, s.tokens[ex["span"][0] : ex["span"][1]]) for ex in s.meta["examples"]]
 
 
-def infer_contract(samples: list[Sample], manifest: dict | None) -> Contract:
+def infer_contract(samples: list[Sample], manifest: Manifest | None) -> Contract:
     """The manifest's contract, or one inferred from the shard itself when no manifest is beside it."""
     if manifest:
         return Contract.from_manifest(manifest)
@@ -252,11 +193,7 @@ def infer_contract(samples: list[Sample], manifest: dict | None) -> Contract:
 def shard_summary(path: str, decode_images: bool = True) -> dict:
     """Sequences, fill, images per sequence, tokens and examples per stream, and integrity problems."""
     data = read_bytes(path)
-    manifest = None
-    try:
-        manifest = read_manifest(posixpath.dirname(path) or ".")
-    except UsageError:
-        manifest = None
+    manifest = manifest_beside(path)
     try:
         samples = read_shard_bytes(data)
     except BadShard as e:
@@ -272,8 +209,8 @@ def shard_summary(path: str, decode_images: bool = True) -> dict:
             tokens[ex["stream"]] = tokens.get(ex["stream"], 0) + ex["span"][1] - ex["span"][0]
             examples[ex["stream"]] = examples.get(ex["stream"], 0) + 1
     if manifest:
-        entry = next((e for e in manifest["shards"] if e["path"] == posixpath.basename(path)), None)
-        if entry and entry.get("sha256") != hashlib.sha256(data).hexdigest():
+        entry = next((e for e in manifest.shards if e.path == posixpath.basename(path)), None)
+        if entry and entry.sha256 != hashlib.sha256(data).hexdigest():
             problems.append("sha256 does not match the manifest")
     return {
         "path": path,
@@ -335,27 +272,7 @@ def export_images(s: Sample, folder: str | Path) -> list[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for i, jpeg in enumerate(s.jpegs):
-        p = folder / f"{s.key.replace('/', '_')}.img{i:03d}.jpg"
+        p = folder / f"{s.key.replace('/', '_')}.{image_member(i)}"
         p.write_bytes(jpeg)
         paths.append(p)
     return paths
-
-
-def verify_dataset(root: str, manifest: dict) -> list[dict]:
-    """Re-hash every shard: (path, ok, problem) per shard of the manifest."""
-    out = []
-    for entry in manifest["shards"]:
-        url = entry["path"] if "://" in entry["path"] else f"{root.rstrip('/')}/{entry['path']}"
-        try:
-            data = read_bytes(url)
-        except UsageError as e:
-            out.append({"path": entry["path"], "ok": False, "problem": str(e)})
-            continue
-        digest = hashlib.sha256(data).hexdigest()
-        problem = None
-        if digest != entry["sha256"]:
-            problem = "sha256 mismatch"
-        elif len(data) != entry["bytes"]:
-            problem = "size mismatch"
-        out.append({"path": entry["path"], "ok": problem is None, "problem": problem})
-    return out

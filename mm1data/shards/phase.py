@@ -27,14 +27,23 @@ import pyarrow.compute as pc
 
 from mm1data import __version__
 from mm1data.config import BuildConfig, to_dict
-from mm1data.io.fs import fsspec_fs, is_s3
+from mm1data.io.fs import fsspec_fs
 from mm1data.pack.mix import mix_group, parse_mix
 from mm1data.pack.phase import PLACEMENT, plan_summary
 from mm1data.runners.executor import Context, Data, Output, Phase, sum_counts
 from mm1data.runners.shuffle import cogroup, join_indices, mix64, partitions_for
 from mm1data.runners.workdir import WorkDir
 from mm1data.schemas import subschema
-from mm1data.shards.writer import FORMAT, SHARD_STATS, VERSION, shard_name, shard_tar
+from mm1data.shards.format import (
+    Header,
+    Mix,
+    Tokenizer,
+    TotalsBuilder,
+    parse_shard_name,
+    shard_name,
+    tar_index_name,
+)
+from mm1data.shards.writer import SHARD_STATS, finish_dataset, put_shard, shard_entry, shard_tar
 from mm1data.tokens.render import EXAMPLE
 from mm1data.tokens.tokenizer import TextTokenizer
 
@@ -102,12 +111,12 @@ def write_shards(
         name = shard_name(p, i)
         rows = t.slice(s, e - s).to_pylist()
         marker = work.shard_marker(name)
-        if marker and marker.get("fingerprint") == plan_fp and fs.exists(f"{path}/{name}"):
-            if fs.size(f"{path}/{name}") == marker["bytes"]:
+        if marker and marker.get("fingerprint") == plan_fp and fs.exists(f"{path}/{tar_index_name(name)}"):
+            if fs.exists(f"{path}/{name}") and fs.size(f"{path}/{name}") == marker["bytes"]:
                 out.append({**{k: v for k, v in marker.items() if k != "fingerprint"}, "resumed": True})
                 continue
-        data, counts = shard_tar(rows, p, i, cfg.seq_len, pad_id, slot_len)
-        _put(fs, f"{path}/{name}", data, is_s3(root))
+        data, tar_index, counts = shard_tar(rows, p, i, cfg.seq_len, pad_id, slot_len)
+        put_shard(root, name, data, tar_index)
         row = {
             "shard_part": p,
             "shard_index": i,
@@ -124,16 +133,6 @@ def write_shards(
         work.commit_shard(name, row, plan_fp)
         out.append({**row, "resumed": False})
     return pa.Table.from_pylist(out, schema=SHARD_STATS)
-
-
-def _put(fs, path: str, data: bytes, s3: bool) -> None:
-    """Write ``data`` whole or not at all: one PUT on S3, else beside and renamed."""
-    if s3:
-        fs.pipe_file(path, data)
-        return
-    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-    fs.pipe_file(f"{path}.partial", data)
-    fs.mv(f"{path}.partial", path)
 
 
 LOCAL_SORT_ROWS = 10_000
@@ -155,75 +154,37 @@ def sorted_rows(ds, keys: list[str], rows: int) -> Iterator[dict]:
         yield from batch.to_pylist()
 
 
-def manifest_header(cfg: BuildConfig, tok: TextTokenizer, plan_partitions: int) -> dict:
-    """The manifest fields that come before the shard list."""
-    return {
-        "format": FORMAT,
-        "version": VERSION,
-        "seq_len": cfg.seq_len,
-        "image_tokens": cfg.image_tokens,
-        "image_markers": cfg.image_markers,
-        "max_images": cfg.max_images,
-        "image_size": cfg.image_size,
-        "jpeg_quality": cfg.jpeg_quality,
-        "tokenizer": tok.manifest(),
-        "special_tokens": tok.ids,
-        "plan_partitions": plan_partitions,
-    }
+def manifest_header(cfg: BuildConfig, tok: TextTokenizer, summary: dict, partitions: int) -> Header:
+    """The ``manifest.json`` header of a build (see ``schemas/packed-v1.md``), from the plan's sums."""
+    return Header(
+        seq_len=cfg.seq_len,
+        image_tokens=cfg.image_tokens,
+        image_markers=cfg.image_markers,
+        max_images=cfg.max_images,
+        image_size=cfg.image_size,
+        jpeg_quality=cfg.jpeg_quality,
+        tokenizer=Tokenizer(**tok.manifest()),
+        special_tokens=tok.ids,
+        mix=Mix(
+            target={k: round(v, 6) for k, v in parse_mix(cfg.mix).items()},
+            unit=cfg.mix_unit,
+            realized={k: round(v, 6) for k, v in summary["realized"].items()},
+        ),
+        epochs=summary["epochs"],
+        partitions=partitions,
+        build=to_dict(cfg),
+        mm1data_version=__version__,
+    )
 
 
-def write_manifest(f, header: dict, shards: Iterator[dict], tail: dict, cfg: BuildConfig) -> dict:
-    """Stream the manifest to the text file ``f``: ``header``, the shard entries of ``shards``
-    (SHARD_STATS rows in order) one by one, then the totals and the realized mix (accumulated in
-    O(streams) numbers) and ``tail``. Returns (totals, realized mix)."""
-    target = parse_mix(cfg.mix)
-    f.write(json.dumps(header, indent=1)[:-2] + ',\n "shards": [')
-    by_stream: dict[str, int] = {}
-    weights: dict[str, float] = {}
-    n = {"shards": 0, "sequences": 0, "images": 0, "examples": 0, "bytes": 0}
-    for r in shards:
-        tokens, examples, w = json.loads(r["tokens"]), json.loads(r["examples"]), json.loads(r["mix"])
-        total_w = sum(w.values())
-        entry = {
-            "path": r["path"],
-            "bytes": r["bytes"],
-            "sha256": r["sha256"],
-            "sequences": r["sequences"],
-            "images": r["images"],
-            "tokens": tokens,
-            "examples": examples,
-            "mix": {g: round(w.get(g, 0.0) / total_w, 6) if total_w else 0.0 for g in target},
-            "full": r["full"],
-        }
-        f.write(("\n  " if n["shards"] == 0 else ",\n  ") + json.dumps(entry, separators=(",", ":")))
-        for k, v in tokens.items():
-            by_stream[k] = by_stream.get(k, 0) + v
-        for g, v in w.items():
-            weights[g] = weights.get(g, 0.0) + v
-        n["shards"] += 1
-        n["sequences"] += r["sequences"]
-        n["images"] += r["images"]
-        n["examples"] += sum(examples.values())
-        n["bytes"] += r["bytes"]
-    non_pad = sum(by_stream.values())
-    totals = {
-        **{k: n[k] for k in ("shards", "sequences", "images")},
-        "tokens": non_pad,
-        "tokens_by_stream": dict(sorted(by_stream.items())),
-        "examples": n["examples"],
-        "bytes": n["bytes"],
-        "fill": round(non_pad / (n["sequences"] * cfg.seq_len), 6) if n["sequences"] else 0.0,
-    }
-    all_w = sum(weights.values())
-    mix = {
-        "target": {k: round(v, 6) for k, v in target.items()},
-        "unit": cfg.mix_unit,
-        "realized": {g: round(weights.get(g, 0.0) / all_w, 6) if all_w else 0.0 for g in target},
-    }
-    f.write("\n ],\n")
-    body = json.dumps({"totals": totals, "mix": mix, **tail}, indent=1)
-    f.write(body[2:])
-    return {"totals": totals, "mix": mix}
+def entries(rows: Iterator[dict], target: dict[str, float]):
+    """Manifest shard entries of SHARD_STATS rows (in order): each shard's realized mix from its
+    weights per mix group."""
+    for r in rows:
+        w = json.loads(r["mix"])
+        total = sum(w.values())
+        mix = {g: (w.get(g, 0.0) / total if total else 0.0) for g in target}
+        yield shard_entry(r, mix, bool(r["full"]))
 
 
 class WritePhase(Phase):
@@ -260,27 +221,29 @@ class WritePhase(Phase):
         ).materialize()  # fmt: skip
         resumed = sum_counts(shards.map_batches(_resumed_counts, batch_format="pyarrow"))
         summary = plan_summary(sums, cfg)
-        header = manifest_header(cfg, self.tok, info.get("partitions", 1))
-        tail = {"epochs": summary["epochs"], "build": to_dict(cfg), "mm1data_version": __version__}
-        fs, path = fsspec_fs(ctx.work.url("manifest.json"))
-        with fs.open(path, "w") as f:
-            ordered = sorted_rows(shards, ["shard_part", "shard_index"], resumed.get("shards", 0))
-            written = write_manifest(f, header, ordered, tail, cfg)
-        written["totals"]["attainable_fill"] = round(summary["attainable_fill"], 6)
+        header = manifest_header(cfg, self.tok, summary, info.get("partitions", 1))
+        totals = TotalsBuilder(cfg.seq_len)
+        target = parse_mix(cfg.mix)
+        for i, e in enumerate(entries(sorted_rows(shards, ORDER, resumed.get("shards", 0)), target)):
+            totals.add(e, f"shards[{i}]")
         _drop_stale_shards(ctx.root, shards)
         ctx.info["write"] = {
-            **written,
-            "examples": {k: v for k, v in summary.items() if k not in ("epochs", "attainable_fill")},
-            "epochs": summary["epochs"],
+            "header": header.to_json(),
+            "totals": totals.totals(summary["attainable_fill"]).to_json(),
+            "examples": {k: summary[k] for k in ("rendered", "used", "placed_with_repeats")},
             "kept_from_earlier_run": resumed.get("resumed", 0),
         }
         return {"shards": shards}
 
-    def finish(self, ctx: Context) -> None:
-        """Publish ``manifest.json``: the last file a build writes."""
-        fs, path = fsspec_fs(ctx.work.url("manifest.json"))
-        dest_fs, dest = fsspec_fs(f"{ctx.root}/manifest.json")
-        dest_fs.pipe_file(dest, fs.cat_file(path))
+    def finish(self, ctx: Context, data: Data) -> None:
+        """The ``.nv-meta`` files Energon reads, then ``manifest.json``: the last file of a build."""
+        info = ctx.info["write"]
+        header = Header.from_json(info["header"])
+        rows = sorted_rows(data.kept("shards"), ORDER, info["totals"]["shards"])
+        finish_dataset(ctx.root, header, entries(rows, header.mix.target), info["totals"]["attainable_fill"])
+
+
+ORDER = ["shard_part", "shard_index"]
 
 
 def _resumed_counts(table: pa.Table) -> pa.Table:
@@ -295,19 +258,15 @@ def _partition_counts(table: pa.Table) -> pa.Table:
 
 
 def _drop_stale_shards(root: str, shards) -> None:
-    """Remove shard tars (and leftovers of killed writes) that are not in this plan: partition by
-    partition, so the driver lists one partition's shards at a time."""
-    per_part = {
-        int(k): v
-        for k, v in sum_counts(shards.map_batches(_partition_counts, batch_format="pyarrow")).items()
-    }
+    """Remove shard tars and indexes (and leftovers of killed writes) that are not in this plan,
+    partition by partition, so the driver lists one partition's shards at a time."""
+    per_part = {int(k): v for k, v in sum_counts(shards.map_batches(_partition_counts, batch_format="pyarrow")).items()}
     fs, path = fsspec_fs(root)
-    listed_parts = {
-        int(p.rsplit("/", 1)[-1].split("-")[1]) for p in fs.glob(f"{path}/shard-?????-00000.tar*")
-    }
-    for part in sorted(listed_parts | set(per_part)):
+    listed = {int(p.rsplit("/", 1)[-1].split("-")[1]) for p in fs.glob(f"{path}/shard-?????-00000.tar*")}
+    for part in sorted(listed | set(per_part)):
         for p in fs.glob(f"{path}/shard-{part:05d}-*.tar*"):
             name = p.rsplit("/", 1)[-1]
-            index = int(name.split("-")[2].split(".")[0])
-            if index >= per_part.get(part, 0) or not name.endswith(".tar"):
+            tar = name.removesuffix(".idx")
+            where = parse_shard_name(tar)
+            if where is None or where[1] >= per_part.get(part, 0) or name.endswith(".partial"):
                 fs.rm(p)

@@ -1,41 +1,37 @@
-"""Publish a finished local build to S3, verified, with ``manifest.json`` last; verify a published dataset.
+"""Publish a finished local build to S3, verified, with ``manifest.json`` last.
 
-A dataset is complete exactly when its ``manifest.json`` exists, so :func:`publish` uploads the
-shards first (in parallel threads; a shard of at least two parts goes up as an S3 multipart upload
-of :data:`PART_SIZE` parts), re-reads each one from the store and checks its size and sha256
-against the manifest, and only when every shard is verified uploads ``manifest.json`` (and
-verifies it too). A reader that trusts only the manifest therefore never sees a partial dataset.
+A dataset is complete exactly when its ``manifest.json`` exists, so :func:`publish` first checks
+the local build against its manifest (:func:`mm1data.shards.format.verify`: every shard's size,
+sha256 and ``.tar.idx``, and the ``.nv-meta`` files), then uploads the shards with their
+``.tar.idx`` (in parallel threads; a shard of at least two parts goes up as an S3 multipart upload
+of :data:`PART_SIZE` parts), re-reads each one from the store and checks it against the manifest,
+then uploads and reads back the Energon ``.nv-meta`` files, and only then uploads ``manifest.json``
+(and verifies it too). A reader that trusts only the manifest therefore never sees a partial dataset.
 
 Rerunning a publish that died (network cut, killed process) is the way to resume: a shard already
-in the store with the manifest's size and sha256 (re-hashed from the stored bytes, not taken from
-metadata) is skipped, anything else (missing, truncated, corrupted) is uploaded again. The
-sha256 is also stored as object metadata ``x-amz-meta-sha256`` for other tools.
-
-:func:`read_manifest` and :func:`verify_dataset` read a dataset (local folder or ``s3://`` prefix)
-the same way for ``mm1data inspect dataset --verify``.
+in the store with the manifest's size and sha256 and the right ``.tar.idx`` (re-hashed from the
+stored bytes, not taken from metadata) is skipped, anything else (missing, truncated, corrupted)
+is uploaded again. The sha256 is also stored as object metadata ``x-amz-meta-sha256`` for other tools.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
-import hashlib
-import json
 import os
 import threading
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 from mm1data.errors import UsageError
 from mm1data.io.fs import fsspec_fs, is_s3, redact
-from mm1data.io.safety import UnsafeName, safe_member_name
+from mm1data.shards.energon import energon_metadata
+from mm1data.shards.format import MANIFEST, Manifest, ShardEntry, verify, verify_shard
 
-MANIFEST = "manifest.json"
 PART_SIZE = 16 * 2**20  # multipart part size; files of >= 2 parts go up as multipart uploads
 PART_CONCURRENCY = 2  # parts in flight per file (memory: workers x this x PART_SIZE)
-READ_BLOCK = 8 * 2**20
 
 ProgressFn = Callable[[str, str], None]
 
@@ -45,15 +41,6 @@ class PublishError(Exception):
 
     Nothing was marked complete: ``manifest.json`` was not written. Rerun the same command to resume.
     """
-
-
-@dataclass(frozen=True)
-class ShardEntry:
-    """One shard as the manifest lists it."""
-
-    path: str
-    bytes: int
-    sha256: str
 
 
 @dataclass(frozen=True)
@@ -73,105 +60,12 @@ class PublishReport:
         return self.bytes_uploaded / 1e6 / self.seconds if self.seconds > 0 else 0.0
 
 
-def sha256_stream(f: BinaryIO, block: int = READ_BLOCK) -> tuple[str, int]:
-    """``(hex sha256, bytes)`` of a binary stream read to its end."""
-    h, n = hashlib.sha256(), 0
-    while chunk := f.read(block):
-        h.update(chunk)
-        n += len(chunk)
-    return h.hexdigest(), n
+def check_local_build(src_dir: str | os.PathLike[str], workers: int = 8) -> tuple[bytes, Manifest]:
+    """``(manifest bytes, manifest)`` of a finished local build whose files all match its manifest.
 
-
-def shard_entries(manifest: dict[str, Any], where: str) -> list[ShardEntry]:
-    """The manifest's ``shards`` as :class:`ShardEntry`; UsageError if the list is missing or malformed."""
-    shards = manifest.get("shards")
-    if not isinstance(shards, list):
-        raise UsageError(f"{where}: manifest has no `shards` list")
-    entries = []
-    for i, s in enumerate(shards):
-        try:
-            entry = ShardEntry(str(s["path"]), int(s["bytes"]), str(s["sha256"]).lower())
-        except (KeyError, TypeError, ValueError) as e:
-            raise UsageError(f"{where}: shards[{i}] needs path, bytes and sha256 ({e})") from e
-        entries.append(entry)
-    return entries
-
-
-def _parse_manifest(raw: bytes, where: str) -> dict[str, Any]:
-    try:
-        manifest = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UsageError(f"{where}: manifest.json is not valid JSON ({e})") from e
-    if not isinstance(manifest, dict):
-        raise UsageError(f"{where}: manifest.json is not a JSON object")
-    return manifest
-
-
-def read_manifest(url: str, endpoint_url: str | None = None) -> dict[str, Any]:
-    """The ``manifest.json`` of a dataset (local folder or ``s3://bucket/prefix``), parsed.
-
-    Raises UsageError when it is missing (an unfinished or unpublished dataset) or not a manifest.
-    """
-    fs, root = fsspec_fs(url, endpoint_url)
-    try:
-        raw = fs.cat_file(f"{root}/{MANIFEST}")
-    except FileNotFoundError as e:
-        raise UsageError(f"no {MANIFEST} in {redact(url)} (an unfinished or unpublished dataset?)") from e
-    except OSError as e:
-        raise UsageError(f"cannot read {redact(url)}/{MANIFEST}: {redact(e)}") from e
-    manifest = _parse_manifest(raw, redact(url))
-    shard_entries(manifest, redact(url))
-    return manifest
-
-
-def _shard_url_path(fs: Any, root: str, path: str, endpoint_url: str | None) -> tuple[Any, str]:
-    if "://" in path:
-        return fsspec_fs(path, endpoint_url)
-    return fs, f"{root}/{path}"
-
-
-def _check_one(fs: Any, path: str, entry: ShardEntry) -> str | None:
-    """A problem with one stored shard, or None when its size and sha256 match the manifest."""
-    try:
-        size = int(fs.size(path))
-    except FileNotFoundError:
-        return f"{entry.path}: missing"
-    if size != entry.bytes:
-        return f"{entry.path}: {size} bytes, manifest says {entry.bytes}"
-    with fs.open(path, "rb", block_size=READ_BLOCK) as f:
-        digest, n = sha256_stream(f)
-    if n != entry.bytes:
-        return f"{entry.path}: read {n} bytes, manifest says {entry.bytes}"
-    if digest != entry.sha256:
-        return f"{entry.path}: sha256 {digest[:12]}… differs from the manifest's {entry.sha256[:12]}…"
-    return None
-
-
-def verify_dataset(url: str, endpoint_url: str | None = None, workers: int = 8) -> list[str]:
-    """Re-hash every shard of a dataset against its manifest; one line per problem, [] when all match.
-
-    Works on a local folder or an ``s3://`` prefix. Raises UsageError when there is no manifest.
-    """
-    manifest = read_manifest(url, endpoint_url)
-    fs, root = fsspec_fs(url, endpoint_url)
-    entries = shard_entries(manifest, redact(url))
-
-    def check(entry: ShardEntry) -> str | None:
-        try:
-            sfs, path = _shard_url_path(fs, root, entry.path, endpoint_url)
-            return _check_one(sfs, path, entry)
-        except OSError as e:
-            return f"{entry.path}: cannot read ({redact(e)})"
-
-    with cf.ThreadPoolExecutor(max(1, workers)) as pool:
-        return [p for p in pool.map(check, entries) if p]
-
-
-def check_local_build(src_dir: str | os.PathLike[str], workers: int = 8) -> tuple[bytes, list[ShardEntry]]:
-    """``(manifest bytes, shards)`` of a finished local build whose files all match its manifest.
-
-    Raises UsageError when ``src_dir`` is not a folder, has no ``manifest.json``, or a listed shard
-    is not a safe relative path, is missing, or differs from the manifest in size or sha256.
+    Raises UsageError when ``src_dir`` is not a folder, has no valid ``manifest.json`` (shard paths
+    must be safe relative paths), lists no shard, or a shard, its ``.tar.idx`` or an ``.nv-meta``
+    file is missing or differs from what the manifest says.
     """
     src = Path(src_dir)
     if not src.is_dir():
@@ -180,35 +74,17 @@ def check_local_build(src_dir: str | os.PathLike[str], workers: int = 8) -> tupl
     if not mpath.is_file():
         raise UsageError(f"publish: no {MANIFEST} in {src} (not a finished `mm1data build` output)")
     raw = mpath.read_bytes()
-    entries = shard_entries(_parse_manifest(raw, str(src)), str(src))
-    if not entries:
+    try:
+        manifest = Manifest.read(raw, str(mpath))
+    except UsageError as e:
+        raise UsageError(f"publish: {e}") from e
+    if not manifest.shards:
         raise UsageError(f"publish: {mpath} lists no shards")
-    if len({e.path for e in entries}) != len(entries):
-        raise UsageError(f"publish: {mpath} lists a shard path twice")
-    for e in entries:
-        try:
-            clean = safe_member_name(e.path)
-        except UnsafeName as err:
-            raise UsageError(
-                f"publish: manifest shard path {e.path!r} is not a safe relative path ({err})"
-            ) from err
-        if clean != e.path or clean == MANIFEST:
-            raise UsageError(f"publish: manifest shard path {e.path!r} is not a plain relative path")
-        if not (src / e.path).is_file():
-            raise UsageError(f"publish: shard {e.path} listed in the manifest is missing from {src}")
-        size = (src / e.path).stat().st_size
-        if size != e.bytes:
-            raise UsageError(f"publish: {e.path} has {size} bytes, the manifest says {e.bytes}")
-
-    def local_hash(e: ShardEntry) -> str:
-        with open(src / e.path, "rb") as f:
-            return sha256_stream(f)[0]
-
-    with cf.ThreadPoolExecutor(max(1, workers)) as pool:
-        for e, digest in zip(entries, pool.map(local_hash, entries), strict=True):
-            if digest != e.sha256:
-                raise UsageError(f"publish: {e.path} sha256 {digest[:12]}… differs from the manifest's")
-    return raw, entries
+    problems = verify(str(src), manifest=manifest, workers=workers)
+    if problems:
+        more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
+        raise UsageError(f"publish: {src} does not match its manifest: {problems[0]}{more}")
+    return raw, manifest
 
 
 def _split(url_path: str) -> tuple[str, str]:
@@ -237,12 +113,14 @@ def publish(
     part_size: int = PART_SIZE,
     progress: ProgressFn | None = None,
 ) -> PublishReport:
-    """Upload the local build ``src_dir`` to ``dest_url`` (``s3://bucket/prefix``): shards, then manifest.
+    """Upload the local build ``src_dir`` to ``dest_url`` (``s3://bucket/prefix``): shards with their
+    ``.tar.idx``, then the ``.nv-meta`` files, then the manifest.
 
     Each shard is uploaded (multipart when at least ``2 * part_size`` bytes) unless the store already
-    holds it with the manifest's size and sha256, then re-read and verified; ``manifest.json`` goes
-    up only after all shards verified. ``progress(event, name)`` is called with ``"skipped"`` or
-    ``"uploaded"`` per verified shard and ``"manifest"`` at the end (from worker threads).
+    holds it and its index matching the manifest, then re-read and verified; ``manifest.json`` goes
+    up only after all shards and the Energon metadata verified. ``progress(event, name)`` is called
+    with ``"skipped"`` or ``"uploaded"`` per verified shard and ``"manifest"`` at the end (from
+    worker threads).
 
     Raises UsageError for a bad source (see :func:`check_local_build`), a non-``s3://`` destination,
     a missing bucket, or a destination that already holds a different manifest; PublishError when the
@@ -256,7 +134,8 @@ def publish(
         raise UsageError("publish: the S3 part size must be at least 5 MiB")
     t0 = time.perf_counter()
     src = Path(src_dir)
-    manifest_raw, entries = check_local_build(src, workers)
+    manifest_raw, manifest = check_local_build(src, workers)
+    entries = list(manifest.shards)
     fs, root = fsspec_fs(dest_url, endpoint_url)
     if not _split(root)[0]:
         raise UsageError(f"publish: no bucket in {redact(dest_url)!r}")
@@ -275,27 +154,40 @@ def publish(
         )
 
     def put_verified(entry: ShardEntry) -> bool:
-        """Make the stored shard match the manifest; True when it had to be uploaded."""
-        key = f"{root}/{entry.path}"
-        if _check_one(fs, key, entry) is None:
+        """Make the stored shard and its index match the manifest; True when they had to be uploaded."""
+        if not verify_shard(fs, root, entry):
             if progress:
                 progress("skipped", entry.path)
             return False
+        fs.pipe_file(f"{root}/{entry.tar_index}", (src / entry.tar_index).read_bytes())
         fs.put_file(
             str(src / entry.path),
-            key,
+            f"{root}/{entry.path}",
             chunksize=part_size,
             max_concurrency=PART_CONCURRENCY,
             Metadata={"sha256": entry.sha256},
         )
-        problem = _check_one(fs, key, entry)
-        if problem:
-            raise PublishError(f"verification after upload failed: {problem}")
+        problems = verify_shard(fs, root, entry)
+        if problems:
+            raise PublishError(f"verification after upload failed: {problems[0]}")
         if progress:
             progress("uploaded", entry.path)
         return True
 
     uploaded, skipped = _run_all(put_verified, entries, workers, dest_url)
+    meta_bytes = 0
+    for name, data in energon_metadata(manifest).items():
+        key = f"{root}/{name}"
+        try:
+            stored = fs.cat_file(key) if fs.exists(key) else None
+            if stored != data:
+                fs.pipe_file(key, data)
+                meta_bytes += len(data)
+                stored = fs.cat_file(key)
+        except Exception as e:  # noqa: BLE001
+            raise PublishError(f"publish to {redact(dest_url)}: writing {name} failed ({redact(e)})") from e
+        if stored != data:
+            raise PublishError(f"publish to {redact(dest_url)}: {name} read back differs from the local one")
     if remote_manifest is None:
         try:
             fs.pipe_file(manifest_key, manifest_raw, ContentType="application/json")
@@ -316,8 +208,9 @@ def publish(
         uploaded=tuple(uploaded),
         skipped=tuple(skipped),
         bytes_uploaded=sum(by_path[p].bytes for p in uploaded)
+        + meta_bytes
         + (len(manifest_raw) if remote_manifest is None else 0),
-        bytes_total=sum(e.bytes for e in entries) + len(manifest_raw),
+        bytes_total=manifest.totals.bytes + len(manifest_raw),
         seconds=time.perf_counter() - t0,
     )
 

@@ -1,9 +1,9 @@
 """Assemble packed sequences and write them as deterministic WebDataset tars (``mm1data/packed-v1``).
 
-One sample per sequence, key ``<shard:05d>-<seq:06d>``; members ``tokens.npy``,
-``segment_ids.npy``, ``positions.npy``, ``loss_mask.npy``, ``json`` and ``img000.jpg``... The tar
-is built in memory with fixed mtime, uid, gid, mode and owner names, members sorted per sample, so
-the same plan gives the same bytes on any worker.
+One sample per sequence, keyed by :func:`~mm1data.shards.format.sample_key`, with the members
+of :mod:`mm1data.shards.format`. The tar is built in memory with fixed mtime, uid, gid, mode and
+owner names, members sorted per sample, so the same plan gives the same bytes on any worker; its
+Energon ``.tar.idx`` (sample offsets) is computed while writing and stored beside it.
 """
 
 from __future__ import annotations
@@ -11,30 +11,28 @@ from __future__ import annotations
 import io
 import json
 import tarfile
+from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
 
-FORMAT = "mm1data/packed-v1"
-VERSION = 1
+from mm1data.shards.format import (
+    ARRAYS,
+    MANIFEST,
+    META,
+    Header,
+    ShardEntry,
+    Totals,
+    atomic_write,
+    image_member,
+    npy_bytes,
+    pack_tar_index,
+    sample_key,
+    tar_index_name,
+    write_manifest,
+)
+
 MTIME = 0  # every tar member: 1970-01-01, uid/gid 0, mode 0644, no owner names
-
-
-def shard_name(part: int, index: int) -> str:
-    """File name of shard ``index`` of plan partition ``part`` inside the dataset folder."""
-    return f"shard-{part:05d}-{index:05d}.tar"
-
-
-def sample_key(part: int, index: int, seq: int) -> str:
-    """WebDataset key of sequence ``seq`` of shard ``index`` of plan partition ``part`` (no dots)."""
-    return f"{part:05d}-{index:05d}-{seq:06d}"
-
-
-def npy_bytes(a: np.ndarray) -> bytes:
-    """``a`` as ``.npy`` bytes (loadable with ``allow_pickle=False``)."""
-    buf = io.BytesIO()
-    np.save(buf, np.ascontiguousarray(a), allow_pickle=False)
-    return buf.getvalue()
 
 
 def assemble(examples: list[dict], seq_len: int, pad_id: int) -> dict[str, bytes]:
@@ -71,23 +69,24 @@ def assemble(examples: list[dict], seq_len: int, pad_id: int) -> dict[str, bytes
             }
         )
         at += n
-    members = {
-        "json": json.dumps(meta, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode(),
-        "loss_mask.npy": npy_bytes(loss_mask),
-        "positions.npy": npy_bytes(positions),
-        "segment_ids.npy": npy_bytes(segment_ids),
-        "tokens.npy": npy_bytes(tokens),
-    }
+    arrays = {"tokens": tokens, "segment_ids": segment_ids, "positions": positions, "loss_mask": loss_mask}
+    members = {META: json.dumps(meta, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()}
+    for member, dtype in ARRAYS.items():
+        members[member] = npy_bytes(arrays[member.removesuffix(".npy")].astype(dtype, copy=False))
     for i, jpeg in enumerate(jpegs):
-        members[f"img{i:03d}.jpg"] = jpeg
+        members[image_member(i)] = jpeg
     return members
 
 
-def tar_bytes(samples: list[tuple[str, dict[str, bytes]]]) -> bytes:
-    """A tar of ``(key, {extension: bytes})`` samples in order, members sorted, metadata fixed."""
+def tar_bytes(samples: Iterable[tuple[str, dict[str, bytes]]]) -> tuple[bytes, bytes]:
+    """``(tar, tar index)``: a tar of ``(key, {extension: bytes})`` samples in order, members
+    sorted, metadata fixed; and its Energon ``.tar.idx`` (each sample's first header offset, then
+    the end-of-archive offset), byte-identical to what ``energon prepare`` derives from the tar."""
     buf = io.BytesIO()
+    offsets = []
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
         for key, members in samples:
+            offsets.append(tar.offset)
             for ext in sorted(members):
                 data = members[ext]
                 info = tarfile.TarInfo(f"{key}.{ext}")
@@ -95,13 +94,30 @@ def tar_bytes(samples: list[tuple[str, dict[str, bytes]]]) -> bytes:
                 info.uid = info.gid = 0
                 info.uname = info.gname = ""
                 tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
+        offsets.append(tar.offset)
+    return buf.getvalue(), pack_tar_index(offsets)
+
+
+def put_shard(output: str, name: str, tar: bytes, tar_index: bytes) -> None:
+    """Store ``output/<name>`` and ``output/<name>.idx``, each whole or not at all (written beside
+    and renamed locally; one PUT each on S3), the index first."""
+    from mm1data.io.fs import fsspec_fs, is_s3
+
+    fs, root = fsspec_fs(output)
+    if not is_s3(output):
+        fs.makedirs(root, exist_ok=True)
+    for path, data in ((tar_index_name(f"{root}/{name}"), tar_index), (f"{root}/{name}", tar)):
+        if is_s3(output):
+            fs.pipe_file(path, data)
+        else:
+            fs.pipe_file(f"{path}.partial", data)
+            fs.mv(f"{path}.partial", path)
 
 
 SHARD_STATS = pa.schema(
     [
-        pa.field("shard_part", pa.int32()),
-        pa.field("shard_index", pa.int32()),
+        pa.field("shard_part", pa.int32()),  # plan partition
+        pa.field("shard_index", pa.int32()),  # shard within the partition
         pa.field("path", pa.string()),
         pa.field("bytes", pa.int64()),
         pa.field("sha256", pa.string()),
@@ -109,18 +125,19 @@ SHARD_STATS = pa.schema(
         pa.field("images", pa.int64()),
         pa.field("tokens", pa.string()),  # JSON {stream: non-pad tokens}
         pa.field("examples", pa.string()),  # JSON {stream: examples}
-        pa.field("mix", pa.string()),  # JSON {mix group: realized share in the mix unit}
+        pa.field("mix", pa.string()),  # JSON {mix group: weight in the mix unit}
         pa.field("full", pa.bool_()),  # False: its partition's last shard, short of shard_size
         pa.field("resumed", pa.bool_()),  # written by an earlier run of the same plan
     ]
 )
+"""What the write phase reports per shard (and keeps in its marker under ``_work/shards``)."""
 
 
 def shard_tar(
     rows: list[dict], part: int, index: int, seq_len: int, pad_id: int, slot_len: int
-) -> tuple[bytes, dict]:
-    """The tar of one shard from its placed examples (rows with ``seq``, ``slot`` and the EXAMPLE
-    payload) and its counts: sequences, images, tokens and examples per stream."""
+) -> tuple[bytes, bytes, dict]:
+    """``(tar, tar index, counts)`` of one shard from its placed examples (rows with ``seq``,
+    ``slot`` and the EXAMPLE payload); counts: sequences, images, tokens and examples per stream."""
     rows = sorted(rows, key=lambda r: (r["seq"], r["slot"]))
     by_seq: dict[int, list[dict]] = {}
     tokens: dict[str, int] = {}
@@ -133,5 +150,52 @@ def shard_tar(
         examples[r["stream"]] = examples.get(r["stream"], 0) + 1
         images += r["n_images"]
     samples = [(sample_key(part, index, q), assemble(by_seq[q], seq_len, pad_id)) for q in sorted(by_seq)]
-    counts = {"sequences": len(by_seq), "images": images, "tokens": tokens, "examples": examples}
-    return tar_bytes(samples), counts
+    tar, tar_index = tar_bytes(samples)
+    return tar, tar_index, {"sequences": len(by_seq), "images": images, "tokens": tokens, "examples": examples}
+
+
+def shard_entry(row: dict, mix: dict[str, float], full: bool) -> ShardEntry:
+    """The manifest entry of a shard from its :data:`SHARD_STATS` row, its realized mix and whether
+    it is a full shard (False for the last, possibly short, shard of a plan partition)."""
+    return ShardEntry(
+        path=row["path"],
+        bytes=int(row["bytes"]),
+        sha256=row["sha256"],
+        sequences=int(row["sequences"]),
+        images=int(row["images"]),
+        tokens=json.loads(row["tokens"]) if isinstance(row["tokens"], str) else dict(row["tokens"]),
+        examples=json.loads(row["examples"]) if isinstance(row["examples"], str) else dict(row["examples"]),
+        mix={k: round(v, 6) for k, v in mix.items()},
+        full=full,
+    )
+
+
+def finish_dataset(
+    output: str,
+    header: Header,
+    shards: Iterable[ShardEntry],
+    attainable_fill: float | None = None,
+    before_commit: Callable[[Totals], None] | None = None,
+) -> Totals:
+    """End a dataset whose shards are written: one pass over its shard entries (sorted by path; an
+    iterator is enough, memory does not grow with them) writes the ``.nv-meta`` files Energon reads
+    and ``manifest.json``. The ``.nv-meta`` files are committed first; then ``before_commit(totals)``
+    runs (e.g. to write ``stats.json``); then ``manifest.json`` appears, last, meaning complete.
+    Returns the manifest's totals."""
+    from mm1data.shards.energon import EnergonMetadata
+
+    with atomic_write(f"{output.rstrip('/')}/{MANIFEST}") as raw:
+        text = io.TextIOWrapper(raw, encoding="utf-8", newline="\n")
+        with EnergonMetadata(output) as meta:
+
+            def entries() -> Iterator[ShardEntry]:
+                for e in shards:
+                    meta.add(e.path, e.sequences)
+                    yield e
+
+            totals = write_manifest(text, header, entries(), attainable_fill)
+        text.flush()
+        text.detach()
+        if before_commit:
+            before_commit(totals)
+    return totals

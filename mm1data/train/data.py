@@ -20,7 +20,6 @@ import io
 import json
 import mmap
 import os
-import re
 import tarfile
 import tempfile
 from collections import OrderedDict
@@ -36,15 +35,16 @@ from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from mm1data.errors import UsageError
-
-FORMAT = "mm1data/packed-v1"
-ARRAYS = {
-    "tokens.npy": np.int32,
-    "segment_ids.npy": np.int32,
-    "positions.npy": np.int32,
-    "loss_mask.npy": np.uint8,
-}
-KEY_EXT = re.compile(r"^((?:.*/|)[^./]+)\.([^/]*)$")  # webdataset's rule: key = path up to the first dot
+from mm1data.shards.format import (
+    ARRAYS,
+    META,
+    Manifest,
+    image_member,
+    load_array,
+    mix_group,
+    read_manifest,
+    split_key,
+)
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,7 @@ class PackedDataset:
     special_tokens: dict[str, int]
     streams: tuple[str, ...]
     shards: tuple[Shard, ...]
-    manifest: dict[str, Any]
+    manifest: Manifest
 
     @property
     def sequences(self) -> int:
@@ -78,45 +78,26 @@ class PackedDataset:
 
 
 def open_dataset(root: str) -> PackedDataset:
-    """Read and check ``root/manifest.json`` (local folder or fsspec URL such as ``s3://bucket/prefix``)."""
+    """Read and check ``root/manifest.json`` (local folder or fsspec URL such as ``s3://bucket/prefix``).
+
+    The shards are the manifest's list, in its order; ``streams`` are the manifest's mix names (the
+    per-stream loss is logged under the same names)."""
     root = root.rstrip("/")
-    url = f"{root}/manifest.json"
-    try:
-        with fsspec.open(url, "rt") as f:
-            manifest = json.load(f)
-    except FileNotFoundError as e:
-        raise UsageError(f"no manifest.json in {root} (is it a finished `mm1data build` output?)") from e
-    except json.JSONDecodeError as e:
-        raise UsageError(f"{url} is not valid JSON: {e}") from e
-    if manifest.get("format") != FORMAT:
-        raise UsageError(f"{url}: format {manifest.get('format')!r}, expected {FORMAT!r}")
-    try:
-        shards = tuple(
-            Shard(
-                s["path"] if "://" in s["path"] else f"{root}/{s['path']}",
-                int(s["sequences"]),
-                s.get("sha256"),
-            )
-            for s in manifest["shards"]
-        )
-        streams = sorted(
-            {k for s in manifest["shards"] for k in s.get("tokens", {})}
-            | set((manifest.get("mix") or {}).get("target") or {})
-        )
-        ds = PackedDataset(
-            root=root,
-            seq_len=int(manifest["seq_len"]),
-            image_tokens=int(manifest["image_tokens"]),
-            image_size=int(manifest["image_size"]),
-            max_images=int(manifest["max_images"]),
-            vocab_size=int(manifest["tokenizer"]["vocab_size"]),
-            special_tokens={k: int(v) for k, v in manifest["special_tokens"].items()},
-            streams=tuple(streams),
-            shards=shards,
-            manifest=manifest,
-        )
-    except (KeyError, TypeError, ValueError) as e:
-        raise UsageError(f"{url}: missing or bad field {e}") from e
+    manifest = read_manifest(root)
+    shards = tuple(Shard(f"{root}/{s.path}", s.sequences, s.sha256) for s in manifest.shards)
+    streams = manifest.streams or tuple(sorted({mix_group(k, ()) for s in manifest.shards for k in s.tokens}))
+    ds = PackedDataset(
+        root=root,
+        seq_len=manifest.seq_len,
+        image_tokens=manifest.image_tokens,
+        image_size=manifest.image_size,
+        max_images=manifest.max_images,
+        vocab_size=manifest.tokenizer.vocab_size,
+        special_tokens=dict(manifest.special_tokens),
+        streams=streams,
+        shards=shards,
+        manifest=manifest,
+    )
     if ds.sequences == 0:
         raise UsageError(f"{root}: the manifest lists no sequences")
     return ds
@@ -175,22 +156,14 @@ def index_tar(path: str) -> list[tuple[str, dict[str, tuple[int, int]]]]:
     samples: list[tuple[str, dict[str, tuple[int, int]]]] = []
     with tarfile.open(path, mode="r:") as tar:
         for info in tar:
-            m = KEY_EXT.match(info.name)
-            if not info.isfile() or m is None:
+            parts = split_key(info.name)
+            if not info.isfile() or parts is None:
                 continue
-            key, ext = m.groups()
+            key, ext = parts
             if not samples or samples[-1][0] != key:
                 samples.append((key, {}))
             samples[-1][1][ext] = (info.offset_data, info.size)
     return samples
-
-
-def load_npy(data: bytes | memoryview, dtype: type, length: int) -> np.ndarray:
-    """A 1-D ``.npy`` member, checked against the contract's dtype and length."""
-    a = np.load(io.BytesIO(data), allow_pickle=False)
-    if a.shape != (length,) or a.dtype != dtype:
-        raise ValueError(f"{a.dtype}{list(a.shape)}, expected {np.dtype(dtype)}[{length}]")
-    return a
 
 
 def decode_jpeg_into(data: bytes | memoryview, out: np.ndarray) -> None:
@@ -236,11 +209,10 @@ class ShardReader:
         raw = {ext: data[off : off + size] for ext, (off, size) in members.items()}
         try:
             out: dict[str, Any] = {
-                ext.removesuffix(".npy"): load_npy(raw[ext], dtype, self.ds.seq_len)
-                for ext, dtype in ARRAYS.items()
+                m.removesuffix(".npy"): load_array(raw[m], m, self.ds.seq_len) for m in ARRAYS
             }
-            out["meta"] = json.loads(bytes(raw["json"]))
-            out["jpegs"] = [raw[f"img{i:03d}.jpg"] for i in range(len(out["meta"]["images"]))]
+            out["meta"] = json.loads(bytes(raw[META]))
+            out["jpegs"] = [raw[image_member(i)] for i in range(len(out["meta"]["images"]))]
         except (KeyError, ValueError) as e:
             raise ValueError(f"{self.ds.shards[shard].url}#{key}: bad member {e}") from e
         out["key"] = f"{Path(self.ds.shards[shard].url).name}#{key}"
@@ -253,7 +225,8 @@ class ShardReader:
 def collate(samples: list[dict[str, Any]], streams: tuple[str, ...], size: int) -> dict[str, Any]:
     """Decode and stack samples into a micro-batch of tensors.
 
-    ``stream_ids`` [B, T] int8 is the index in ``streams`` of each token's example (-1 on padding);
+    ``stream_ids`` [B, T] int8 is the index in ``streams`` (the mix's names) of each token's example
+    (-1 on padding);
     ``image_index`` [N] is each image's first slot as a flat position b·T + slot_start; ``images``
     [N, size, size, 3] uint8, each JPEG decoded straight into its place."""
     T = len(samples[0]["tokens"])
@@ -261,7 +234,7 @@ def collate(samples: list[dict[str, Any]], streams: tuple[str, ...], size: int) 
     image_index = []
     for b, s in enumerate(samples):
         for ex in s["meta"]["examples"]:
-            stream_ids[b, ex["span"][0] : ex["span"][1]] = streams.index(ex["stream"])
+            stream_ids[b, ex["span"][0] : ex["span"][1]] = streams.index(mix_group(ex["stream"], streams))
         image_index += [b * T + im["slot_start"] for im in s["meta"]["images"]]
     jpegs = [j for s in samples for j in s["jpegs"]]
     images = np.empty((len(jpegs), size, size, 3), np.uint8)

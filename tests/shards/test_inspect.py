@@ -6,8 +6,10 @@ Wikipedia text and the GPT-2 tokenizer); corrupted copies must fail loudly.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
+import shutil
 import tarfile
 from pathlib import Path
 
@@ -16,8 +18,11 @@ import pytest
 from click.testing import CliRunner
 
 from mm1data.cli import main
+from mm1data.shards.format import read_manifest, shard_name
 from mm1data.shards.inspect import Contract, check_sample, read_bytes, read_shard_bytes, shard_summary
 from tests.train.shards_helper import write_packed_dataset
+
+SHARD0, SHARD1 = shard_name(0, 0), shard_name(0, 1)
 
 
 @pytest.fixture(scope="module")
@@ -45,14 +50,14 @@ def _npy(a: np.ndarray) -> bytes:
 
 
 def test_a_contract_shard_passes_every_check(dataset: Path) -> None:
-    summary = shard_summary(str(dataset / "shard-00000.tar"))
+    summary = shard_summary(str(dataset / SHARD0))
     assert summary["ok"], summary["problems"]
     assert summary["sequences"] == 6 and summary["images"] > 0
     assert set(summary["tokens"]) == {"caption", "text"} and 0 < summary["fill"] <= 1
 
 
 def test_cli_summary_renders_images_and_example_separators(dataset: Path) -> None:
-    result = CliRunner().invoke(main, ["inspect", "shard", str(dataset / "shard-00001.tar"), "--sample", "1"])
+    result = CliRunner().invoke(main, ["inspect", "shard", str(dataset / SHARD1), "--sample", "1"])
     assert result.exit_code == 0, result.output
     assert "integrity  ok" in result.output and "sequences  6" in result.output
     assert "‹image 56×56›" in result.output and "──── example 1: " in result.output
@@ -60,7 +65,7 @@ def test_cli_summary_renders_images_and_example_separators(dataset: Path) -> Non
 
 
 def test_cli_json_is_machine_readable(dataset: Path) -> None:
-    result = CliRunner().invoke(main, ["inspect", "shard", str(dataset / "shard-00000.tar"), "--json"])
+    result = CliRunner().invoke(main, ["inspect", "shard", str(dataset / SHARD0), "--json"])
     assert result.exit_code == 0, result.output
     body = json.loads(result.output)
     assert body["ok"] is True and body["sequences"] == 6 and body["problems"] == []
@@ -78,7 +83,7 @@ def test_cli_json_is_machine_readable(dataset: Path) -> None:
 def test_a_broken_sequence_fails_loudly_with_exit_1(
     dataset: Path, tmp_path: Path, member: str, corrupt, message: str
 ) -> None:
-    first = read_shard_bytes(read_bytes(str(dataset / "shard-00000.tar")))[0].key
+    first = read_shard_bytes(read_bytes(str(dataset / SHARD0)))[0].key
 
     def change(name: str, data: bytes) -> tuple[str, bytes]:
         if name == f"{first}.{member}":
@@ -86,7 +91,7 @@ def test_a_broken_sequence_fails_loudly_with_exit_1(
             data = _npy(corrupt(a).astype(a.dtype))
         return name, data
 
-    bad = _rewrite(dataset / "shard-00000.tar", tmp_path / "shard-00000.tar", change)
+    bad = _rewrite(dataset / SHARD0, tmp_path / SHARD0, change)
     (tmp_path / "manifest.json").write_bytes((dataset / "manifest.json").read_bytes())
     result = CliRunner().invoke(main, ["inspect", "shard", str(bad)])
     assert result.exit_code == 1
@@ -94,25 +99,25 @@ def test_a_broken_sequence_fails_loudly_with_exit_1(
 
 
 def test_a_wrongly_sized_image_is_caught(dataset: Path) -> None:
-    manifest = json.loads((dataset / "manifest.json").read_text())
-    sample = next(s for s in read_shard_bytes(read_bytes(str(dataset / "shard-00000.tar"))) if s.jpegs)
-    contract = Contract.from_manifest({**manifest, "image_size": 64})
+    manifest = read_manifest(str(dataset))
+    sample = next(s for s in read_shard_bytes(read_bytes(str(dataset / SHARD0))) if s.jpegs)
+    contract = dataclasses.replace(Contract.from_manifest(manifest), image_size=64)
     assert any("expected 64²" in p for p in check_sample(sample, contract))
 
 
 def test_export_images_writes_every_image_under_the_folder(dataset: Path, tmp_path: Path) -> None:
     result = CliRunner().invoke(
-        main, ["inspect", "shard", str(dataset / "shard-00000.tar"), "--export-images", str(tmp_path / "x")]
+        main, ["inspect", "shard", str(dataset / SHARD0), "--export-images", str(tmp_path / "x")]
     )
     assert result.exit_code == 0, result.output
     files = sorted((tmp_path / "x").iterdir())
     assert files and all(f.suffix == ".jpg" and f.parent == tmp_path / "x" for f in files)
-    assert len(files) == shard_summary(str(dataset / "shard-00000.tar"))["images"]
+    assert len(files) == shard_summary(str(dataset / SHARD0))["images"]
 
 
 def test_a_member_name_that_climbs_out_is_refused(dataset: Path, tmp_path: Path) -> None:
     evil = _rewrite(
-        dataset / "shard-00000.tar",
+        dataset / SHARD0,
         tmp_path / "evil.tar",
         lambda name, data: (f"../{name}" if name.endswith(".jpg") else name, data),
     )
@@ -126,20 +131,17 @@ def test_inspect_dataset_shows_the_manifest_and_verify_catches_a_flipped_byte(
 ) -> None:
     ok = CliRunner().invoke(main, ["inspect", "dataset", str(dataset), "--verify"])
     assert ok.exit_code == 0, ok.output
-    assert (
-        "mm1data/packed-v1" in ok.output
-        and "shard-00001.tar" in ok.output
-        and "verify ok: 2 shards" in ok.output
-    )
+    assert "mm1data/packed-v1" in ok.output and SHARD1 in ok.output and "verify ok: 2 shards" in ok.output
     copy = tmp_path / "copy"
-    copy.mkdir()
-    for f in dataset.iterdir():
-        (copy / f.name).write_bytes(f.read_bytes())
-    blob = bytearray((copy / "shard-00001.tar").read_bytes())
+    shutil.copytree(dataset, copy)
+    blob = bytearray((copy / SHARD1).read_bytes())
     blob[1000] ^= 0xFF
-    (copy / "shard-00001.tar").write_bytes(bytes(blob))
+    (copy / SHARD1).write_bytes(bytes(blob))
+    (copy / f"{SHARD0}.idx").write_bytes((copy / f"{SHARD0}.idx").read_bytes()[:-8])
     bad = CliRunner().invoke(main, ["inspect", "dataset", str(copy), "--verify"])
-    assert bad.exit_code == 1 and "shard-00001.tar" in bad.output and "verify FAILED" in bad.output
+    assert bad.exit_code == 1 and "verify FAILED: 2 problems" in bad.output
+    assert f"MISMATCH {SHARD1}: sha256" in bad.output
+    assert f"MISMATCH {SHARD0}.idx: differs from the sample offsets" in bad.output
 
 
 def test_inspect_dataset_without_manifest_is_a_usage_error(tmp_path: Path) -> None:

@@ -8,11 +8,9 @@ whole time, and checks that no manifest.json is ever visible before every shard 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import socket
-import tarfile
 import threading
 import time
 from pathlib import Path
@@ -24,45 +22,32 @@ from click.testing import CliRunner
 from mm1data.cli import main
 from mm1data.errors import UsageError
 from mm1data.io.fs import arrow_fs, fsspec_fs, register_webdataset_s3
-from mm1data.shards.publish import MANIFEST, PublishError, publish, read_manifest, verify_dataset
+from mm1data.shards.energon import metadata_paths
+from mm1data.shards.format import MANIFEST, read_manifest, shard_name
+from mm1data.shards.format import verify as verify_dataset
+from mm1data.shards.publish import PublishError, publish
+from tests.train.shards_helper import write_packed_dataset
 
 MiB = 2**20
+SHARD0, SHARD1, SHARD2, SHARD3 = (shard_name(0, i) for i in range(4))
 
 
-def write_dataset(out: Path, shared: Path, n_shards: int = 4, per_shard: int = 3, first: int = 0) -> Path:
-    """A finished local build: ``n_shards`` WebDataset tars of real COCO JPEGs + captions, manifest last."""
-    coco = shared / "a-coco-mini"
-    anns = json.loads((coco / "annotations/captions_val2017.json").read_text())
-    captions = {a["image_id"]: a["caption"].strip() for a in anns["annotations"]}
-    images = [im for im in anns["images"] if (coco / "val2017" / im["file_name"]).exists()]
-    out.mkdir(parents=True, exist_ok=True)
-    shards = []
-    k = first
-    for s in range(n_shards):
-        name = f"shard-{s:05d}.tar"
-        with tarfile.open(out / name, "w", format=tarfile.USTAR_FORMAT) as tar:
-            for _ in range(per_shard):
-                im = images[k % len(images)]
-                k += 1
-                for ext, data in (
-                    ("jpg", (coco / "val2017" / im["file_name"]).read_bytes()),
-                    ("txt", captions[im["id"]].encode()),
-                ):
-                    info = tarfile.TarInfo(f"{k:06d}.{ext}")
-                    info.size, info.mtime = len(data), 0
-                    tar.addfile(info, io.BytesIO(data))
-        blob = (out / name).read_bytes()
-        shards.append(
-            {
-                "path": name,
-                "bytes": len(blob),
-                "sha256": hashlib.sha256(blob).hexdigest(),
-                "samples": per_shard,
-            }
-        )
-    manifest = {"format": "test/coco-captions", "shards": shards}
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=1))
-    return out
+def write_dataset(
+    out: Path, shared: Path, n_shards: int = 4, per_shard: int = 3, first: int = 0, **kw
+) -> Path:
+    """A finished packed-v1 build of real COCO images, captions and Wikipedia text: ``n_shards`` tars
+    with their ``.tar.idx``, the ``.nv-meta`` files, then manifest.json."""
+    return write_packed_dataset(out, shared, n_shards=n_shards, seqs_per_shard=per_shard, first=first, **kw)
+
+
+def escaping(manifest: dict) -> dict:
+    """``manifest`` with its first shard's path pointing out of the dataset folder."""
+    first = manifest["shards"][0] | {"path": "../etc/passwd.tar"}
+    return manifest | {"shards": [first, *manifest["shards"][1:]]}
+
+
+def names_of(n: int) -> list[str]:
+    return [shard_name(0, i) for i in range(n)]
 
 
 def s3_client(endpoint: str):
@@ -159,14 +144,16 @@ def test_publish_then_read_back_byte_identical_with_s3fs_pyarrow_and_webdataset(
     dest = f"s3://{s3_bucket}/runs/v1"
     report = publish(dataset, dest, workers=4)
 
-    manifest = json.loads((dataset / MANIFEST).read_text())
-    names = [s["path"] for s in manifest["shards"]]
+    manifest = read_manifest(str(dataset))
+    names = [s.path for s in manifest.shards]
     assert list(report.uploaded) == names and report.skipped == ()
     assert read_manifest(dest) == manifest
     assert verify_dataset(dest) == []
 
     fs, root = fsspec_fs(dest)
     pa_fs, pa_root = arrow_fs(dest)
+    for name in [*names, *(f"{n}.idx" for n in names), *metadata_paths(), MANIFEST]:
+        assert fs.cat_file(f"{root}/{name}") == (dataset / name).read_bytes()
     for name in names:
         local = (dataset / name).read_bytes()
         assert fs.cat_file(f"{root}/{name}") == local
@@ -178,26 +165,28 @@ def test_publish_then_read_back_byte_identical_with_s3fs_pyarrow_and_webdataset(
 
     register_webdataset_s3()
     urls = [f"{dest}/{n}" for n in names]
-    remote = [(s["__key__"], s["jpg"], s["txt"]) for s in wds.WebDataset(urls, shardshuffle=False)]
+    remote = [(s["__key__"], s["tokens.npy"], s["json"]) for s in wds.WebDataset(urls, shardshuffle=False)]
     local = [
-        (s["__key__"], s["jpg"], s["txt"])
+        (s["__key__"], s["tokens.npy"], s["json"])
         for s in wds.WebDataset([str(dataset / n) for n in names], shardshuffle=False)
     ]
     assert len(remote) == 12 and remote == local
 
 
 def test_large_shard_goes_up_as_multipart_upload_and_verifies(tmp_path, shared_data, s3_env, s3_bucket):
-    build = write_dataset(tmp_path / "build", shared_data, n_shards=1, per_shard=79)
-    size = (build / "shard-00000.tar").stat().st_size
+    build = write_dataset(
+        tmp_path / "build", shared_data, n_shards=1, per_shard=90, image_size=480, jpeg_quality=95
+    )
+    size = (build / SHARD0).stat().st_size
     assert size > 10 * MiB  # above two 5 MiB parts
 
     publish(build, f"s3://{s3_bucket}/big", part_size=5 * MiB)
 
-    head = s3_client(s3_env["endpoint"]).head_object(Bucket=s3_bucket, Key="big/shard-00000.tar")
+    head = s3_client(s3_env["endpoint"]).head_object(Bucket=s3_bucket, Key=f"big/{SHARD0}")
     parts = -(-size // (5 * MiB))
     assert head["ETag"].strip('"').endswith(f"-{parts}")  # S3's multipart ETag: md5-of-md5s-<parts>
     assert head["ContentLength"] == size
-    assert head["Metadata"]["sha256"] == hashlib.sha256((build / "shard-00000.tar").read_bytes()).hexdigest()
+    assert head["Metadata"]["sha256"] == hashlib.sha256((build / SHARD0).read_bytes()).hexdigest()
     assert verify_dataset(f"s3://{s3_bucket}/big") == []
 
 
@@ -206,13 +195,13 @@ def test_network_cut_mid_publish_fails_clearly_never_shows_a_manifest_and_rerun_
     tmp_path, shared_data, s3_env, s3_bucket, monkeypatch, cut
 ):
     build = write_dataset(tmp_path / "build", shared_data, n_shards=6, per_shard=2)
-    shards = json.loads((build / MANIFEST).read_text())["shards"]
-    names = [s["path"] for s in shards]
+    shards = read_manifest(str(build)).shards
+    names = [s.path for s in shards]
     host, port = s3_env["endpoint"].removeprefix("http://").split(":")
     # the byte cut lands in the middle of a PUT body, after about two and a half shards went upstream
     cut_bytes = None
     if cut == "in_the_middle_of_a_shard_body":
-        cut_bytes = sum(s["bytes"] for s in shards[:2]) + shards[2]["bytes"] // 2
+        cut_bytes = sum(s.bytes for s in shards[:2]) + shards[2].bytes // 2
     proxy = TcpProxy((host, int(port)), cut_after_bytes=cut_bytes)
     proxy.start()
     monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.endpoint)
@@ -224,7 +213,7 @@ def test_network_cut_mid_publish_fails_clearly_never_shows_a_manifest_and_rerun_
     seen_incomplete: list[str] = []
     manifest_seen = threading.Event()
     stop_watch = threading.Event()
-    sizes = {s["path"]: s["bytes"] for s in json.loads((build / MANIFEST).read_text())["shards"]}
+    sizes = {s.path: s.bytes for s in shards}
 
     def watch() -> None:
         watcher = s3_client(s3_env["endpoint"])
@@ -278,23 +267,27 @@ def test_corrupted_or_truncated_remote_shards_are_reported_and_reuploaded(datase
     dest = f"s3://{s3_bucket}/ds"
     publish(dataset, dest)
     side = s3_client(s3_env["endpoint"])
-    good = (dataset / "shard-00001.tar").read_bytes()
+    s0, s1, s2, s3 = names_of(4)
+    good = (dataset / s1).read_bytes()
     flipped = bytearray(good)
     flipped[len(good) // 2] ^= 0xFF  # same size, wrong bytes
-    side.put_object(Bucket=s3_bucket, Key="ds/shard-00001.tar", Body=bytes(flipped))
-    side.put_object(Bucket=s3_bucket, Key="ds/shard-00002.tar", Body=good[:1000])
+    side.put_object(Bucket=s3_bucket, Key=f"ds/{s1}", Body=bytes(flipped))
+    side.put_object(Bucket=s3_bucket, Key=f"ds/{s2}", Body=good[:1000])
+    side.delete_object(Bucket=s3_bucket, Key=f"ds/{s3}.idx")
+    side.put_object(Bucket=s3_bucket, Key="ds/.nv-meta/split.yaml", Body=b"split_parts: {}")
 
     problems = verify_dataset(dest)
-    assert len(problems) == 2
-    assert problems[0].startswith("shard-00001.tar: sha256")
-    assert (
-        problems[1]
-        == f"shard-00002.tar: 1000 bytes, manifest says {(dataset / 'shard-00002.tar').stat().st_size}"
-    )
+    assert problems == [
+        f"{s1}: sha256 {hashlib.sha256(flipped).hexdigest()[:12]}… differs from the manifest's "
+        f"{hashlib.sha256(good).hexdigest()[:12]}…",
+        f"{s2}: 1000 bytes, manifest says {(dataset / s2).stat().st_size}",
+        f"{s3}.idx: missing",
+        ".nv-meta/split.yaml: differs from what the manifest gives",
+    ]
 
     report = publish(dataset, dest)
-    assert report.uploaded == ("shard-00001.tar", "shard-00002.tar")
-    assert report.skipped == ("shard-00000.tar", "shard-00003.tar")
+    assert report.uploaded == (s1, s2, s3)
+    assert report.skipped == (s0,)
     assert verify_dataset(dest) == []
 
 
@@ -302,25 +295,28 @@ def test_corrupted_or_truncated_remote_shards_are_reported_and_reuploaded(datase
     ("damage", "message"),
     [
         (lambda d: (d / MANIFEST).unlink(), "no manifest.json"),
+        (lambda d: (d / SHARD1).unlink(), f"does not match its manifest: {SHARD1}: missing"),
+        (lambda d: (d / SHARD2).write_bytes(b"x" * 10), f"{SHARD2}: 10 bytes, manifest says"),
         (
-            lambda d: (d / "shard-00001.tar").unlink(),
-            "shard shard-00001.tar listed in the manifest is missing",
+            lambda d: (d / SHARD3).write_bytes(bytes(reversed((d / SHARD3).read_bytes()))),
+            f"{SHARD3}: sha256",
         ),
-        (lambda d: (d / "shard-00002.tar").write_bytes(b"x" * 10), "shard-00002.tar has 10 bytes"),
+        (lambda d: (d / f"{SHARD1}.idx").unlink(), f"{SHARD1}.idx: missing"),
+        (lambda d: (d / ".nv-meta/.info.json").write_text("{}"), ".nv-meta/.info.json: differs"),
         (
-            lambda d: (d / "shard-00003.tar").write_bytes(
-                bytes(reversed((d / "shard-00003.tar").read_bytes()))
-            ),
-            "shard-00003.tar sha256",
-        ),
-        (
-            lambda d: (d / MANIFEST).write_text(
-                json.dumps({"shards": [{"path": "../etc/passwd", "bytes": 1, "sha256": "0"}]})
-            ),
+            lambda d: (d / MANIFEST).write_text(json.dumps(escaping(json.loads((d / MANIFEST).read_text())))),
             "not a safe relative path",
         ),
     ],
-    ids=["no_manifest", "missing_shard", "wrong_size", "wrong_hash", "path_escapes"],
+    ids=[
+        "no_manifest",
+        "missing_shard",
+        "wrong_size",
+        "wrong_hash",
+        "no_tar_index",
+        "bad_info",
+        "path_escapes",
+    ],
 )
 def test_source_that_does_not_match_its_manifest_is_refused_before_any_upload(
     dataset, s3_env, s3_bucket, damage, message
@@ -373,13 +369,13 @@ def test_cli_publish_prints_summary_exits_2_on_bad_input_and_never_leaks_secrets
 
 def test_verify_dataset_on_a_local_folder_names_each_damaged_shard(dataset):
     assert verify_dataset(str(dataset)) == []
-    (dataset / "shard-00000.tar").unlink()
-    blob = bytearray((dataset / "shard-00003.tar").read_bytes())
+    (dataset / SHARD0).unlink()
+    blob = bytearray((dataset / SHARD3).read_bytes())
     blob[-700] ^= 1
-    (dataset / "shard-00003.tar").write_bytes(bytes(blob))
+    (dataset / SHARD3).write_bytes(bytes(blob))
     problems = verify_dataset(str(dataset))
-    assert problems[0] == "shard-00000.tar: missing"
-    assert problems[1].startswith("shard-00003.tar: sha256") and len(problems) == 2
+    assert problems[0] == f"{SHARD0}: missing"
+    assert problems[1].startswith(f"{SHARD3}: sha256") and len(problems) == 2
 
 
 def test_reading_a_dataset_without_manifest_or_publishing_to_a_non_s3_url_is_a_usage_error(dataset, tmp_path):

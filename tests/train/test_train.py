@@ -15,6 +15,7 @@ from click.testing import CliRunner
 
 from mm1data.cli import main
 from mm1data.config import TrainConfig
+from mm1data.shards.format import read_manifest
 from mm1data.train.train import lr_factor, mm1_peak_lr, train, warmup_steps
 
 
@@ -158,3 +159,5 @@ def test_trains_on_the_default_build_output(tmp_path: Path, ray_local) -> None:
     assert result.exit_code == 0, result.output
     records = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     assert [r["step"] for r in records] == [1, 2, 3] and all(math.isfinite(r["loss"]) for r in records)
+    mix = read_manifest(str(tmp_path / "out")).mix.target  # per-stream loss uses the mix's names
+    assert all(set(r["stream_loss"]) <= set(mix) for r in records) and any(r["stream_loss"] for r in records)
