@@ -173,7 +173,7 @@ def child_build(data: Path, out: Path, num_cpus: int, image_size: int) -> dict:
     import pyarrow.dataset as pads
 
     from mm1data.build import run_build
-    from mm1data.config import Recipe, RayConfig, from_dict
+    from mm1data.config import RayConfig, Recipe, from_dict
 
     recipe = from_dict(Recipe, recipe_for(data, image_size))
     recipe = dataclasses.replace(recipe, ray=RayConfig(num_cpus=num_cpus))
@@ -422,7 +422,7 @@ def child_throughput(data: Path, out: Path) -> dict:
     import dataclasses
 
     from mm1data.build import run_build
-    from mm1data.config import Recipe, RayConfig, from_dict
+    from mm1data.config import RayConfig, Recipe, from_dict
 
     recipe = from_dict(Recipe, {"sources": {"captions": [{"path": str(data / "pairs.parquet"), "format": "parquet"}]},
                                 "build": {"mix": "caption=1"}})  # fmt: skip

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import io
-import re
 import json
+import re
 import warnings
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass

@@ -8,9 +8,9 @@ checkpoint, splits rejects or counts. The :class:`Executor` does, for every phas
    when ``_work/<phase>/_SUCCESS`` holds the same fingerprint the phase is skipped and its
    outputs are read back from its checkpoint (see :mod:`mm1data.runners.workdir`);
 2. **run** the phase and stream each output into its checkpoint (``_work/<phase>/<output>``);
-3. **count**, in one pass over the checkpoints' ``reject`` columns: rows kept, rejected per
-   ``stream/stage/reason``, and the item rejects of kept docs (an output that declares a rejects
-   folder carries the nullable ``reject`` struct);
+3. **count** while writing (the same pass): rows kept, rejected per ``stream/stage/reason``, and
+   the item rejects of kept docs (an output that declares a rejects folder carries the nullable
+   ``reject`` struct);
 4. **commit** the marker with the counts; later phases read the kept rows lazily.
 
 After the last phase it writes ``rejects/<folder>/part-NNNNN.parquet`` in one co-partitioned
@@ -124,6 +124,12 @@ class Stored:
             return self.dataset.select_columns(columns) if columns else self.dataset
         return self.work.read_dataset(self.phase, self.output.name, columns=columns)
 
+    def columns(self) -> list[str]:
+        """The column names of the stored rows."""
+        if self.work is None:
+            return self.dataset.columns()
+        return self.work.schema(self.phase, self.output.name).names
+
     def counts(self) -> dict:
         """The counts as kept in the phase's marker."""
         return {"kept": self.kept, "rejected": self.rejected, "items": self.items}
@@ -211,26 +217,8 @@ def _outcome_counts(table: pa.Table, name: str, stream: str | None, rejects: boo
     return pa.table({"key": keys, "n": pa.array(ns, pa.int64())})
 
 
-def count_outputs(stored: list[Stored]) -> None:
-    """Fill the counts of a phase's outputs, in one pass over their checkpoints' columns."""
-    parts = []
-    for st in stored:
-        rejects = st.output.rejects is not None
-        stream = st.output.name if st.output.name in STAT_STREAMS else None
-        names = st.read().columns()
-        if rejects:
-            cols = (
-                ["reject"]
-                + (["stream"] if stream is None else [])
-                + [c for c in ("item_rejects",) if c in names]
-            )
-        else:
-            cols = names[:1]
-        counted = st.read(cols).map_batches(
-            _outcome_counts, fn_args=(st.output.name, stream, rejects), batch_format="pyarrow"
-        )
-        parts.append(counted)
-    counts = sum_counts(parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]) if parts else {}
+def _fill_counts(stored: list[Stored], counts: dict[str, int]) -> None:
+    """Set the counts of a phase's outputs from the sums of their ``name|...`` count keys."""
     for st in stored:
         mine = {k.split("|", 1)[1]: v for k, v in counts.items() if k.split("|", 1)[0] == st.output.name}
         rows = mine.pop("rows", 0)
@@ -278,7 +266,7 @@ def rejects_of(stored: Stored, kept_items_only: bool = False):
     """The tagged REJECT rows of one stored output (its rejected rows, or the item rejects of
     its kept docs)."""
     stream = stored.output.name if stored.output.name in STAT_STREAMS else None
-    names = stored.read().columns()
+    names = stored.columns()
     cols = ["id", "reject", "lineage"] + (["stream"] if stream is None else [])
     cols += [c for c in ("item_rejects", "part") if c in names]
     ds = stored.read(cols)
@@ -429,14 +417,19 @@ class Executor:
         if phase.checkpoint:
             work.reset(phase.name)
         datasets = phase.run(data, ctx)
-        stored = []
+        stored, counted = [], []
         for out in outputs:
+            stream = out.name if out.name in STAT_STREAMS else None
+            args = (out.name, stream, out.rejects is not None)
             if phase.checkpoint:
-                work.write_dataset(datasets[out.name], phase.name, out.name, schema=out.schema)
+                counted.append(work.write_dataset(datasets[out.name], phase.name, out.name, schema=out.schema,
+                                                  count=_outcome_counts, args=args))  # fmt: skip
                 stored.append(Stored(phase.name, out, work=work))
             else:
-                stored.append(Stored(phase.name, out, dataset=datasets[out.name].materialize()))
-        count_outputs(stored)
+                ds = datasets[out.name].materialize()
+                counted.append(ds.map_batches(_outcome_counts, fn_args=args, batch_format="pyarrow"))
+                stored.append(Stored(phase.name, out, dataset=ds))
+        _fill_counts(stored, sum_counts(RayDatasets().union(*counted)) if counted else {})
         for st in stored:
             data.add(st)
         if phase.checkpoint:

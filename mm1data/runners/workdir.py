@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import uuid
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pyarrow as pa
 
-from mm1data.io.fs import arrow_fs, fsspec_fs
+from mm1data.io.fs import fsspec_fs
 
 MARKER = "_SUCCESS"
 
@@ -71,38 +73,42 @@ class WorkDir:
         with self.fs.open(self._local(stage, MARKER), "w") as f:
             json.dump({"fingerprint": fp, **(info or {})}, f, indent=1)
 
-    def write_dataset(self, ds: Any, *names: str, schema: pa.Schema | None = None) -> None:
-        """Stream Ray dataset ``ds`` into Parquet under ``names`` (no materialization first).
+    def write_dataset(
+        self, ds: Any, *names: str, schema: pa.Schema, count: Callable[..., pa.Table], args: tuple = ()
+    ) -> Any:
+        """Stream Ray dataset ``ds`` into Parquet files under ``names``, one per block, as it is
+        computed (no materialization first). Returns the lazy dataset of ``count(block, *args)``
+        per block: executing it writes the files, so writing and counting take one pass.
 
-        When nothing is written, a schema-only file (``schema``, else the dataset's) keeps the
-        columns for :meth:`read_dataset`."""
+        A schema-only file (``schema``) keeps the columns of an output that has no rows."""
         import pyarrow.parquet as pq
 
-        fs, path = arrow_fs(self.url(*names))
-        ds.write_parquet(path, filesystem=fs)
         local = self._local(*names)
-        if self.fs.exists(local) and any(p.endswith(".parquet") for p in self.fs.ls(local, detail=False)):
-            return
-        if schema is None:  # nothing was written: keep the columns (re-running an empty pipeline)
-            schema = ds.schema()
-        arrow_schema = getattr(schema, "base_schema", schema)
         self.fs.makedirs(local, exist_ok=True)
         with self.fs.open(f"{local}/_schema.parquet", "wb") as f:
-            pq.write_table(arrow_schema.empty_table(), f)
+            pq.write_table(schema.empty_table(), f)
+        return ds.map_batches(
+            write_block, fn_args=(self.url(*names), count, args), batch_size=None, batch_format="pyarrow"
+        )
+
+    def schema(self, *names: str) -> pa.Schema:
+        """The schema of the dataset stored under ``names``."""
+        import pyarrow.parquet as pq
+
+        with self.fs.open(self._local(*names, "_schema.parquet"), "rb") as f:
+            return pq.read_schema(f)
 
     def read_dataset(self, *names: str, columns: list[str] | None = None) -> Any:
-        """The Ray dataset stored by :meth:`write_dataset` under ``names`` (only ``columns``, if given)."""
-        import pyarrow.parquet as pq
+        """The Ray dataset stored by :meth:`write_dataset` under ``names`` (only ``columns``, if
+        given): one read task per file, each a plain ``pyarrow.parquet`` read."""
         import ray.data
 
         local = self._local(*names)
         files = sorted(p for p in self.fs.ls(local, detail=False) if p.endswith(".parquet"))
-        data = [p for p in files if not p.endswith("_schema.parquet")]
-        if not data:
-            with self.fs.open(f"{local}/_schema.parquet", "rb") as f:
-                return ray.data.from_arrow(pq.read_table(f, columns=columns))
-        fs, _ = arrow_fs(self.url(*names))
-        return ray.data.read_parquet(data, filesystem=fs, columns=columns)
+        data = [p for p in files if not p.endswith("_schema.parquet")] or [f"{local}/_schema.parquet"]
+        urls = [self.url(*names, p.rsplit("/", 1)[-1]) for p in data]
+        ds = ray.data.from_items([{"path": u} for u in urls], override_num_blocks=len(urls))
+        return ds.map_batches(read_files, fn_args=(columns,), batch_size=1, batch_format="pyarrow")
 
     def commit_shard(self, name: str, row: dict, fp: str) -> None:
         """Mark shard tar ``name`` (already written whole) as done for the plan ``fp``."""
@@ -117,3 +123,25 @@ class WorkDir:
                 return json.load(f)
         except FileNotFoundError:
             return None
+
+
+def write_block(table: pa.Table, url: str, count: Callable[..., pa.Table], args: tuple) -> pa.Table:
+    """Ray Data UDF: write one block as ``url/<random>.parquet`` (nothing for an empty block) and
+    return ``count(block, *args)``."""
+    import pyarrow.parquet as pq
+
+    if table.num_rows:
+        fs, path = fsspec_fs(f"{url}/{uuid.uuid4().hex}.parquet")
+        with fs.open(path, "wb") as f:
+            pq.write_table(table, f)
+    return count(table, *args)
+
+
+def read_files(batch: pa.Table, columns: list[str] | None) -> Iterator[pa.Table]:
+    """Ray Data UDF: the rows of the Parquet files named in ``batch`` (only ``columns``, if given)."""
+    import pyarrow.parquet as pq
+
+    for url in batch.column("path").to_pylist():
+        fs, path = fsspec_fs(url)
+        with fs.open(path, "rb") as f:
+            yield pq.read_table(f, columns=columns)

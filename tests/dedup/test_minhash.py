@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pyarrow as pa
 
 from mm1data.config import DedupConfig
 from mm1data.dedup import minhash

@@ -6,7 +6,7 @@ import json
 
 import pyarrow as pa
 
-from mm1data.ingest.synthetic import attach_captions, match_lines, pair_keys, with_row_hash, _line_hash
+from mm1data.ingest.synthetic import _line_hash, attach_captions, match_lines, pair_keys, with_row_hash
 from mm1data.schemas import CAPTION_PAIR
 from tests.ingest.conftest import read_rows
 
