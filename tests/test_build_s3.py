@@ -36,7 +36,7 @@ def test_build_reads_and_writes_s3_and_resumes_there(s3_bucket, s3_env, repo_roo
     stats = json.loads(first.stdout.strip().splitlines()[-1])
     assert stats["streams"]["text"]["read"] == 30
     keys = {o["Key"] for o in s3.list_objects_v2(Bucket=s3_bucket, Prefix="built/v1/")["Contents"]}
-    assert {"built/v1/manifest.json", "built/v1/stats.json", "built/v1/_work/examples/_SUCCESS"} <= keys
+    assert {"built/v1/manifest.json", "built/v1/stats.json", "built/v1/_work/tokenize/_SUCCESS"} <= keys
     assert any(k.startswith("built/v1/rejects/text/") for k in keys)
     assert not [k for k in keys if k.endswith(".partial")]
     assert verify_dataset(out, s3_env["endpoint"]) == []  # every shard matches the manifest
@@ -44,6 +44,7 @@ def test_build_reads_and_writes_s3_and_resumes_there(s3_bucket, s3_env, repo_roo
     again = _build(*args, env=s3_env["env"])
     assert again.returncode == 0, again.stderr[-3000:]
     events = [json.loads(line) for line in again.stderr.splitlines() if line.startswith("{")]
-    assert [e["stage"] for e in events if e["event"].startswith("resumed")] == ["examples"]
+    resumed = [e["stage"] for e in events if e["event"].startswith("resumed")]
+    assert resumed == ["ingest", "filter", "dedup", "tokenize", "plan", "write"]
     body = s3.get_object(Bucket=s3_bucket, Key="built/v1/manifest.json")["Body"].read()
     assert json.loads(body)["totals"] == stats["totals"]

@@ -25,6 +25,7 @@ counts: O(phases × outputs × reasons) numbers, and O(blocks) object references
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -361,7 +362,7 @@ class Executor:
         log: StageLog | None = None,
         restart: bool = False,
     ) -> None:
-        self.output = output
+        self.output = output if "://" in output else os.path.abspath(output)  # workers have another cwd
         self.ray_address = ray_address
         self.num_cpus = num_cpus
         self.log = log or StageLog(quiet=True)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -50,10 +49,13 @@ class WorkDir:
 
     def marker(self, stage: str) -> dict | None:
         """The marker of ``stage``, or None when the stage never completed."""
+        return self._read_json(self._local(stage, MARKER))
+
+    def _read_json(self, path: str) -> dict | None:
         try:
-            with self.fs.open(self._local(stage, MARKER), "r") as f:
+            with self.fs.open(path, "r") as f:
                 return json.load(f)
-        except FileNotFoundError:
+        except (FileNotFoundError, json.JSONDecodeError):
             return None
 
     def is_done(self, stage: str, fp: str) -> bool:
@@ -68,10 +70,12 @@ class WorkDir:
             self.fs.rm(path, recursive=True)
 
     def commit(self, stage: str, fp: str, info: dict | None = None) -> None:
-        """Write the stage's marker: from now on its output counts as complete."""
-        self.fs.makedirs(self._local(stage), exist_ok=True)
-        with self.fs.open(self._local(stage, MARKER), "w") as f:
-            json.dump({"fingerprint": fp, **(info or {})}, f, indent=1)
+        """Write the stage's marker (whole or not at all): from now on its output counts as complete."""
+        put_whole(
+            self.fs,
+            self._local(stage, MARKER),
+            json.dumps({"fingerprint": fp, **(info or {})}, indent=1).encode(),
+        )
 
     def write_dataset(
         self, ds: Any, *names: str, schema: pa.Schema, count: Callable[..., pa.Table], args: tuple = ()
@@ -112,28 +116,40 @@ class WorkDir:
 
     def commit_shard(self, name: str, row: dict, fp: str) -> None:
         """Mark shard tar ``name`` (already written whole) as done for the plan ``fp``."""
-        self.fs.makedirs(self._local("shards"), exist_ok=True)
-        marker = json.dumps({**row, "fingerprint": fp}).encode()
-        self.fs.pipe_file(self._local("shards", f"{name}.json"), marker)
+        put_whole(
+            self.fs, self._local("shards", f"{name}.json"), json.dumps({**row, "fingerprint": fp}).encode()
+        )
 
     def shard_marker(self, name: str) -> dict | None:
         """The marker of shard tar ``name`` (its stats row and plan fingerprint), if written."""
-        try:
-            with self.fs.open(self._local("shards", f"{name}.json"), "r") as f:
-                return json.load(f)
-        except FileNotFoundError:
-            return None
+        return self._read_json(self._local("shards", f"{name}.json"))
+
+
+def put_whole(fs: Any, path: str, data: bytes) -> None:
+    """Write ``data`` at ``path`` so that it appears whole or not at all: written beside and
+    renamed on a local disk, one PUT on an object store."""
+    if "file" not in (fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)):
+        fs.pipe_file(path, data)
+        return
+    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+    fs.pipe_file(f"{path}.partial", data)
+    fs.mv(f"{path}.partial", path)
 
 
 def write_block(table: pa.Table, url: str, count: Callable[..., pa.Table], args: tuple) -> pa.Table:
-    """Ray Data UDF: write one block as ``url/<random>.parquet`` (nothing for an empty block) and
-    return ``count(block, *args)``."""
+    """Ray Data UDF: write one block as ``url/<hash of its bytes>.parquet`` (nothing for an empty
+    block) and return ``count(block, *args)``. The name comes from the content, so a task Ray
+    retries after a lost worker rewrites the same file instead of adding a second copy; the file
+    appears whole or not at all."""
     import pyarrow.parquet as pq
 
     if table.num_rows:
-        fs, path = fsspec_fs(f"{url}/{uuid.uuid4().hex}.parquet")
-        with fs.open(path, "wb") as f:
-            pq.write_table(table, f)
+        buf = pa.BufferOutputStream()
+        pq.write_table(table, buf)
+        data = buf.getvalue().to_pybytes()
+        name = hashlib.blake2b(data, digest_size=16).hexdigest()
+        fs, path = fsspec_fs(f"{url}/{name}.parquet")
+        put_whole(fs, path, data)
     return count(table, *args)
 
 

@@ -112,7 +112,7 @@ def test_unrenderable_pairs_become_rejects_with_specific_reasons(coco_jpegs: lis
             caption_row(2, coco_jpegs[0], [("   ", "human")]),
         ]
     )
-    assert [x["reason"] for x in out] == ["image_undecodable", "no_caption", "no_caption"]
+    assert [x["reject"]["reason"] for x in out] == ["image_undecodable", "no_caption", "no_caption"]
     assert all(x["n_tokens"] == 0 for x in out)
 
 
@@ -145,7 +145,7 @@ def test_a_long_text_is_cut_into_seq_len_examples_that_concatenate_back(tok: Tex
     assert all(p["n_tokens"] <= CFG.seq_len for p in parts) and parts[0]["n_tokens"] == CFG.seq_len
     assert np.concatenate([arr(p["tokens"], "<i4") for p in parts]).tolist() == full
     empty = Renderer(CFG).texts([{"id": "t2", "text": "", "lineage": None}])
-    assert [x["reason"] for x in empty] == ["empty_text"]
+    assert [x["reject"]["reason"] for x in empty] == ["empty_text"]
 
 
 def test_a_rendered_batch_matches_the_example_schema(coco_jpegs: list[bytes]) -> None:
