@@ -237,9 +237,12 @@ def tier_a(sizes: list[int], work: Path) -> None:
     print_table("A", rows, ["ingest", "filter", "dedup", "tokenize", "plan", "write", "rejects"])
     for n, r in rows:
         rec = ", ".join(f"{k} {a}/{b}" for k, (a, b) in r["recall"].items())
-        print(f"  {n:>9}: read = kept + rejected: {r['conserved']}; shards {r['shards']} ({r['full_shards']} full); "
-              f"max mix deviation {r['mix_dev_full_pt']} pt (full shards), {r['mix_dev_any_pt']} pt (any); "
-              f"recall {rec}")  # fmt: skip
+        print(
+            f"  {n:>9}: read = kept + rejected: {r['conserved']}; "
+            f"shards {r['shards']} ({r['full_shards']} full); "
+            f"max mix deviation {r['mix_dev_full_pt']} pt (full shards), {r['mix_dev_any_pt']} pt (any); "
+            f"recall {rec}"
+        )
     print(f"  shard sha256 with 1 and 2 Ray CPUs at {n0}: {'identical' if same else 'DIFFERENT'}")
 
 
@@ -264,12 +267,19 @@ def _meta_block(batch, seed: int):
         np.where(kind == 1, images * 146 + rng.integers(100, 2000, n), rng.integers(300, 4096, n)),
     )
     keys = [f"{s}:gen:{i}:{i}#0" for s, i in zip(stream.tolist(), ids.tolist(), strict=True)]
-    return pa.table({
-        "key": keys, "key_hash": hash64(keys), "stream": stream.tolist(), "id": [str(i) for i in ids.tolist()],
-        "part": np.zeros(n, np.int32), "lineage": [{"source": "gen", "offset": int(i)} for i in ids.tolist()],
-        "n_tokens": tokens.astype(np.int32), "n_images": images.astype(np.int32),
-        "image_bytes": (images * 20_000).astype(np.int64),
-    })  # fmt: skip
+    return pa.table(
+        {
+            "key": keys,
+            "key_hash": hash64(keys),
+            "stream": stream.tolist(),
+            "id": [str(i) for i in ids.tolist()],
+            "part": np.zeros(n, np.int32),
+            "lineage": [{"source": "gen", "offset": int(i)} for i in ids.tolist()],
+            "n_tokens": tokens.astype(np.int32),
+            "n_images": images.astype(np.int32),
+            "image_bytes": (images * 20_000).astype(np.int64),
+        }
+    )
 
 
 def _edges_block(batch, n: int):
@@ -300,8 +310,15 @@ def _members_block(batch):
 
     ids = batch["id"].astype(np.int64)
     names = [f"text:m{i}" for i in ids.tolist()]
-    return pa.table({"member": mix64(ids), "name": names, "rank": [f"1{'0' * 16}2m{i:012d}" for i in ids.tolist()],
-                     "check": ids, "doc": np.zeros(len(ids), np.int64)})  # fmt: skip
+    return pa.table(
+        {
+            "member": mix64(ids),
+            "name": names,
+            "rank": [f"1{'0' * 16}2m{i:012d}" for i in ids.tolist()],
+            "check": ids,
+            "doc": np.zeros(len(ids), np.int64),
+        }
+    )
 
 
 def _rejects_block(batch):
@@ -317,9 +334,19 @@ def _rejects_block(batch):
     reasons = np.array(["too_few_words", "exact_duplicate", "mix_surplus", "image_undecodable"])[
         rng.integers(0, 4, n)
     ]
-    t = pa.table({"id": ids, "stream": ["text"] * n, "stage": ["filter"] * n, "reason": reasons.tolist(),
-                  "detail": [None] * n, "score": [None] * n, "duplicate_of": [None] * n,
-                  "lineage": [{"source": "gen", "offset": int(i)} for i in batch["id"].tolist()]}, schema=REJECT)  # fmt: skip
+    t = pa.table(
+        {
+            "id": ids,
+            "stream": ["text"] * n,
+            "stage": ["filter"] * n,
+            "reason": reasons.tolist(),
+            "detail": [None] * n,
+            "score": [None] * n,
+            "duplicate_of": [None] * n,
+            "lineage": [{"source": "gen", "offset": int(i)} for i in batch["id"].tolist()],
+        },
+        schema=REJECT,
+    )
     folders = pa.array(["text"] * n)
     return t.append_column("_folder", folders).append_column("_k", pa.array(hash64(ids)))
 
@@ -330,15 +357,22 @@ def _shard_rows_block(batch):
 
     ids = batch["id"].astype(np.int64)
     n = len(ids)
-    return pa.table({
-        "shard_part": (ids // 100).astype(np.int32), "shard_index": (ids % 100).astype(np.int32),
-        "path": [f"shard-{i // 100:05d}-{i % 100:05d}.tar" for i in ids.tolist()], "bytes": np.full(n, 10**9),
-        "sha256": ["0" * 64] * n, "sequences": np.full(n, 1000), "images": np.full(n, 9000),
-        "tokens": ['{"caption": 1800000, "interleaved": 1800000, "text": 400000}'] * n,
-        "examples": ['{"caption": 10000, "interleaved": 900, "text": 200}'] * n,
-        "mix": ['{"caption": 1800000, "interleaved": 1800000, "text": 400000}'] * n,
-        "full": np.ones(n, bool), "resumed": np.zeros(n, bool),
-    })  # fmt: skip
+    return pa.table(
+        {
+            "shard_part": (ids // 100).astype(np.int32),
+            "shard_index": (ids % 100).astype(np.int32),
+            "path": [f"shard-{i // 100:05d}-{i % 100:05d}.tar" for i in ids.tolist()],
+            "bytes": np.full(n, 10**9),
+            "sha256": ["0" * 64] * n,
+            "sequences": np.full(n, 1000),
+            "images": np.full(n, 9000),
+            "tokens": ['{"caption": 1800000, "interleaved": 1800000, "text": 400000}'] * n,
+            "examples": ['{"caption": 10000, "interleaved": 900, "text": 200}'] * n,
+            "mix": ['{"caption": 1800000, "interleaved": 1800000, "text": 400000}'] * n,
+            "full": np.ones(n, bool),
+            "resumed": np.zeros(n, bool),
+        }
+    )
 
 
 def child_global(n: int, out: Path) -> dict:
@@ -378,9 +412,13 @@ def child_global(n: int, out: Path) -> dict:
         dp.LOCAL_EDGES = old
         members = base.map_batches(_members_block, batch_format="numpy", batch_size=None)
         p = partitions_for(n, dp.ROWS_PER_PARTITION)
-        info = cogroup({"labels": labels, "members": members, "ends": eng.map(edges, dp._ends)},
-                       {"labels": "member", "members": "member", "ends": "member"}, p, dp.member_info,
-                       schemas={"labels": dp.LABEL, "members": dp.MEMBERS, "ends": dp.ENDS})  # fmt: skip
+        info = cogroup(
+            {"labels": labels, "members": members, "ends": eng.map(edges, dp._ends)},
+            {"labels": "member", "members": "member", "ends": "member"},
+            p,
+            dp.member_info,
+            schemas={"labels": dp.LABEL, "members": dp.MEMBERS, "ends": dp.ENDS},
+        )
         removals = cogroup({"m": info}, {"m": "comp"}, p, dp.survivors, schemas={"m": dp.MEMBER_INFO})
         n_removed = eng.count(removals)
         timings["dedup components"] = time.perf_counter() - t
@@ -424,8 +462,13 @@ def child_throughput(data: Path, out: Path) -> dict:
     from mm1data.build import run_build
     from mm1data.config import RayConfig, Recipe, from_dict
 
-    recipe = from_dict(Recipe, {"sources": {"captions": [{"path": str(data / "pairs.parquet"), "format": "parquet"}]},
-                                "build": {"mix": "caption=1"}})  # fmt: skip
+    recipe = from_dict(
+        Recipe,
+        {
+            "sources": {"captions": [{"path": str(data / "pairs.parquet"), "format": "parquet"}]},
+            "build": {"mix": "caption=1"},
+        },
+    )
     stats = run_build(dataclasses.replace(recipe, ray=RayConfig(num_cpus=2)), str(out), restart=True)
     return {"wall_s": stats["wall_s"], "images": stats["totals"]["images"], "timings": stats["timings_s"]}
 
@@ -501,8 +544,10 @@ def throughput(n: int, work: Path) -> None:
         import random
 
         r = random.Random(7)
-        rows = [{"id": f"p{i}", "image": _photo_like(rng), "caption": " ".join(r.choice(pool).split()[:14])}
-                for i in range(n)]  # fmt: skip
+        rows = [
+            {"id": f"p{i}", "image": _photo_like(rng), "caption": " ".join(r.choice(pool).split()[:14])}
+            for i in range(n)
+        ]
         pq.write_table(pa.Table.from_pylist(rows), data / "pairs.parquet", row_group_size=256)
         del make_image
     res = run_child(["throughput", str(data), str(work / f"pairs-out-{n}")])
@@ -514,7 +559,8 @@ def throughput(n: int, work: Path) -> None:
     print("| what | seconds | images/s/core |")
     print("|---|---:|---:|")
     print(
-        f"| mm1data build (ingest, filter, dedup, tokenize, pack, write), {cores} cores | {res['wall_s']:.1f} | {mm:.1f} |"
+        f"| mm1data build (ingest, filter, dedup, tokenize, pack, write), {cores} cores "
+        f"| {res['wall_s']:.1f} | {mm:.1f} |"
     )
     for k, v in peer.items():
         print(f"| peer, 1 core: {k} | {v:.1f} | {n / v if v == v and v else float('nan'):.1f} |")
@@ -554,16 +600,22 @@ def print_table(tier: str, rows: list[tuple[int, dict]], phases: list[str]) -> N
         cells = " | ".join(f"{t.get(p, 0):.1f}" for p in phases)
         total = r.get("wall_s", sum(t.get(p, 0) for p in phases))
         print(
-            f"| {n:,} | {cells} | {total:.1f} | {r['driver_mib']:.0f} | {r['worker_mib']:.0f} | {r['spill_mib']:.0f} |"
+            f"| {n:,} | {cells} | {total:.1f} | {r['driver_mib']:.0f} | {r['worker_mib']:.0f} "
+            f"| {r['spill_mib']:.0f} |"
         )
     slopes = {p: slope(sizes, [r["timings"].get(p, 0) for _, r in rows]) for p in phases}
     print("| log-log slope | " + " | ".join(f"{slopes[p]:.2f}" for p in phases) + " | | | | |")
     d = [r["driver_mib"] for _, r in rows]
     w = [r["worker_mib"] for _, r in rows]
-    ok = (max(d) <= 600 and d[-1] <= 1.10 * d[0], max(w) <= 2048 and w[-1] <= 1.20 * w[0],
-          all(s <= 1.1 for s in slopes.values() if s == s))  # fmt: skip
-    print(f"criteria: driver <= 600 MiB and +10 %: {ok[0]} ({d[0]:.0f} → {d[-1]:.0f}); "
-          f"worker <= 2 GiB and +20 %: {ok[1]} ({w[0]:.0f} → {w[-1]:.0f}); slope <= 1.1: {ok[2]}")  # fmt: skip
+    ok = (
+        max(d) <= 600 and d[-1] <= 1.10 * d[0],
+        max(w) <= 2048 and w[-1] <= 1.20 * w[0],
+        all(s <= 1.1 for s in slopes.values() if s == s),
+    )
+    print(
+        f"criteria: driver <= 600 MiB and +10 %: {ok[0]} ({d[0]:.0f} → {d[-1]:.0f}); "
+        f"worker <= 2 GiB and +20 %: {ok[1]} ({w[0]:.0f} → {w[-1]:.0f}); slope <= 1.1: {ok[2]}"
+    )
 
 
 def main() -> None:

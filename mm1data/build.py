@@ -60,10 +60,16 @@ def run_build(recipe: Recipe, output: str, restart: bool = False, log: StageLog 
         stats["examples"] = {
             **write.get("examples", {}),
             "rejected_by_reason": {
-                **{f"{k.split('/', 1)[0]}/tokenize/{k.rsplit('/', 1)[1]}": v for k, v in stats["rejects"].get("tokenize", {}).items()},
-                **{f"{k.split('/', 1)[0]}/mix/{k.rsplit('/', 1)[1]}": v for k, v in stats["rejects"].get("mix", {}).items()},
+                **{
+                    f"{k.split('/', 1)[0]}/tokenize/{k.rsplit('/', 1)[1]}": v
+                    for k, v in stats["rejects"].get("tokenize", {}).items()
+                },
+                **{
+                    f"{k.split('/', 1)[0]}/mix/{k.rsplit('/', 1)[1]}": v
+                    for k, v in stats["rejects"].get("mix", {}).items()
+                },
             },
-        }  # fmt: skip
+        }
         header = write.get("header", {})
         stats["mix"] = header.get("mix", {})
         stats["epochs"] = header.get("epochs", {})

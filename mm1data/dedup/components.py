@@ -105,8 +105,13 @@ DIRECTED = pa.schema([("u", pa.int64()), ("v", pa.int64())])
 def both_directions(edges: pa.Table) -> pa.Table:
     """Each undirected edge as (u, v) and (v, u), for steps keyed by node."""
     a, b = edges.column("a"), edges.column("b")
-    return pa.table([pa.concat_arrays([a.combine_chunks(), b.combine_chunks()]),
-                     pa.concat_arrays([b.combine_chunks(), a.combine_chunks()])], schema=DIRECTED)  # fmt: skip
+    return pa.table(
+        [
+            pa.concat_arrays([a.combine_chunks(), b.combine_chunks()]),
+            pa.concat_arrays([b.combine_chunks(), a.combine_chunks()]),
+        ],
+        schema=DIRECTED,
+    )
 
 
 def by_larger(edges: pa.Table) -> pa.Table:

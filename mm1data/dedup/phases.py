@@ -105,8 +105,18 @@ class _Rows:
     def __init__(self) -> None:
         self.cols: dict[str, list] = {f.name: [] for f in INDEX}
 
-    def add(self, kind: int, key: int, member: int, check: int = 0, name=None, rank_=None, doc: int = 0,
-            payload=None, score=None) -> None:  # fmt: skip
+    def add(
+        self,
+        kind: int,
+        key: int,
+        member: int,
+        check: int = 0,
+        name=None,
+        rank_=None,
+        doc: int = 0,
+        payload=None,
+        score=None,
+    ) -> None:
         for c, v in zip(
             INDEX.names, (kind, key, member, check, name, rank_, doc, payload, score), strict=True
         ):
@@ -232,8 +242,15 @@ def bucket_edges(parts: dict[str, pa.Table], radius: int) -> pa.Table:
 
 def _candidates(a, b, sim, confirmed: bool) -> pa.Table:
     n = len(a)
-    return pa.table([np.asarray(a, np.int64), np.asarray(b, np.int64), np.asarray(sim, np.float64),
-                     np.full(n, confirmed)], schema=CANDIDATE)  # fmt: skip
+    return pa.table(
+        [
+            np.asarray(a, np.int64),
+            np.asarray(b, np.int64),
+            np.asarray(sim, np.float64),
+            np.full(n, confirmed),
+        ],
+        schema=CANDIDATE,
+    )
 
 
 def _hamming_pairs(key: np.ndarray, member: np.ndarray, value: np.ndarray, radius: int):
@@ -297,9 +314,16 @@ def confirm_pairs(parts: dict[str, pa.Table], threshold: float) -> pa.Table:
 # --- step 5: survivors ------------------------------------------------------------------------------
 
 MEMBER_INFO = pa.schema(
-    [("comp", pa.int64()), ("member", pa.int64()), ("name", pa.string()), ("rank", pa.string()),
-     ("check", pa.int64()), ("doc", pa.int64()), ("score", pa.float64())]
-)  # fmt: skip
+    [
+        ("comp", pa.int64()),
+        ("member", pa.int64()),
+        ("name", pa.string()),
+        ("rank", pa.string()),
+        ("check", pa.int64()),
+        ("doc", pa.int64()),
+        ("score", pa.float64()),
+    ]
+)
 ENDS = pa.schema([("member", pa.int64()), ("sim", pa.float64())])
 
 
@@ -309,20 +333,26 @@ def member_info(parts: dict[str, pa.Table]) -> pa.Table:
     labels, members, ends = parts["labels"], parts["members"], parts["ends"]
     if labels.num_rows == 0:
         return MEMBER_INFO.empty_table()
-    members = members.group_by("member").aggregate([("name", "min"), ("rank", "min"), ("check", "min"),
-                                                    ("doc", "min")])  # fmt: skip
+    members = members.group_by("member").aggregate(
+        [("name", "min"), ("rank", "min"), ("check", "min"), ("doc", "min")]
+    )
     best = ends.group_by("member").aggregate([("sim", "max")])
     li, mi = join_indices(labels.column("member"), members.column("member"))
     lb, bi = join_indices(labels.column("member").take(pa.array(li)), best.column("member"))
     li, mi = li[lb], mi[lb]
     take = pa.array(mi)
     return pa.table(
-        [labels.column("comp").take(pa.array(li)), labels.column("member").take(pa.array(li)),
-         members.column("name_min").take(take), members.column("rank_min").take(take),
-         members.column("check_min").take(take), members.column("doc_min").take(take),
-         best.column("sim_max").take(pa.array(bi))],
+        [
+            labels.column("comp").take(pa.array(li)),
+            labels.column("member").take(pa.array(li)),
+            members.column("name_min").take(take),
+            members.column("rank_min").take(take),
+            members.column("check_min").take(take),
+            members.column("doc_min").take(take),
+            best.column("sim_max").take(pa.array(bi)),
+        ],
         schema=MEMBER_INFO,
-    )  # fmt: skip
+    )
 
 
 def survivors(parts: dict[str, pa.Table]) -> pa.Table:
@@ -342,11 +372,15 @@ def survivors(parts: dict[str, pa.Table]) -> pa.Table:
     member = t.column("member").to_numpy()[removed]
     names = t.column("name")
     return pa.table(
-        [np.where(doc != 0, doc, member), names.take(pa.array(removed)),
-         pa.array(np.where(exact, "exact_duplicate", "near_duplicate")), names.take(pa.array(first[removed])),
-         t.column("score").take(pa.array(removed))],
+        [
+            np.where(doc != 0, doc, member),
+            names.take(pa.array(removed)),
+            pa.array(np.where(exact, "exact_duplicate", "near_duplicate")),
+            names.take(pa.array(first[removed])),
+            t.column("score").take(pa.array(removed)),
+        ],
         schema=REMOVAL,
-    )  # fmt: skip
+    )
 
 
 # --- the rounds (written once, run on Ray datasets or in one task over tables) ------------------
@@ -415,10 +449,23 @@ def resolve_round(eng, buckets, members, sigs, cfg: DedupConfig, n_rows: int):
     edges = [eng.map(eng.map(cands, _confirmed, True), _as_edges)]
     if sigs is not None:
         todo = eng.map(cands, _confirmed, False)
-        with_a = eng.cogroup({"e": todo, "s": sigs}, {"e": "a", "s": "member"}, p, attach_first_signature,
-                             schemas={"e": CANDIDATE, "s": SIGS})  # fmt: skip
-        edges.append(eng.cogroup({"e": with_a, "s": sigs}, {"e": "b", "s": "member"}, p, confirm_pairs,
-                                 (cfg.threshold,), {"e": WITH_SIG, "s": SIGS}))  # fmt: skip
+        with_a = eng.cogroup(
+            {"e": todo, "s": sigs},
+            {"e": "a", "s": "member"},
+            p,
+            attach_first_signature,
+            schemas={"e": CANDIDATE, "s": SIGS},
+        )
+        edges.append(
+            eng.cogroup(
+                {"e": with_a, "s": sigs},
+                {"e": "b", "s": "member"},
+                p,
+                confirm_pairs,
+                (cfg.threshold,),
+                {"e": WITH_SIG, "s": SIGS},
+            )
+        )
     edges = eng.keep(eng.union(*edges))
     n_edges = eng.count(edges)
     if n_edges == 0:
@@ -426,9 +473,11 @@ def resolve_round(eng, buckets, members, sigs, cfg: DedupConfig, n_rows: int):
     labels = components(eng, edges, n_edges)
     info = eng.cogroup(
         {"labels": labels, "members": members, "ends": eng.map(edges, _ends)},
-        {"labels": "member", "members": "member", "ends": "member"}, p, member_info,
+        {"labels": "member", "members": "member", "ends": "member"},
+        p,
+        member_info,
         schemas={"labels": LABEL, "members": MEMBERS, "ends": ENDS},
-    )  # fmt: skip
+    )
     return eng.keep(eng.cogroup({"m": info}, {"m": "comp"}, p, survivors, schemas={"m": MEMBER_INFO}))
 
 
@@ -450,8 +499,10 @@ def _decontaminated(table: pa.Table) -> pa.Table:
     n = t.num_rows
     target = pc.if_else(pc.not_equal(t.column("doc"), 0), t.column("doc"), t.column("member"))
     evals = t.column("payload").cast(pa.string())
-    return pa.table([target, t.column("name"), pa.array(["decontaminated"] * n, pa.string()), evals,
-                     t.column("score")], schema=REMOVAL)  # fmt: skip
+    return pa.table(
+        [target, t.column("name"), pa.array(["decontaminated"] * n, pa.string()), evals, t.column("score")],
+        schema=REMOVAL,
+    )
 
 
 def _reason_counts(table: pa.Table, prefix: str) -> pa.Table:
@@ -490,8 +541,13 @@ def find_removals(eng, index, cfg: DedupConfig, n_index: int):
         gone = eng.map(text, lambda t: t.select(["target"]))
         alive = []
         for rows, schema in ((image_buckets, subschema(INDEX, [*BUCKETS.names, "doc"])), (members, MEMBERS)):
-            items = eng.cogroup({"rows": eng.map(rows, _is_item, True), "gone": gone}, {"rows": "doc", "gone": "target"},
-                                p, _alive_after, schemas={"rows": schema, "gone": GONE})  # fmt: skip
+            items = eng.cogroup(
+                {"rows": eng.map(rows, _is_item, True), "gone": gone},
+                {"rows": "doc", "gone": "target"},
+                p,
+                _alive_after,
+                schemas={"rows": schema, "gone": GONE},
+            )
             alive.append(eng.union(eng.map(rows, _is_item, False), items))
         image_buckets, image_members = alive
     counts.append(eng.map(image_members, _member_kinds, "alive"))
@@ -561,8 +617,10 @@ class DedupPhase(Phase):
         cfg, t0 = self.cfg, time.perf_counter()
         streams = {s: data.kept(s) for s in STREAMS if s in data}
         eval_index = build_index(cfg) if (cfg.decontaminate_texts or cfg.decontaminate_images) else None
-        parts = [ds.map_batches(index_batch, fn_args=(s, cfg, eval_index), batch_format="pyarrow")
-                 for s, ds in streams.items()]  # fmt: skip
+        parts = [
+            ds.map_batches(index_batch, fn_args=(s, cfg, eval_index), batch_format="pyarrow")
+            for s, ds in streams.items()
+        ]
         eng = RayDatasets()
         index = eng.keep(eng.union(*parts))
         n_index = eng.count(index)
@@ -578,11 +636,16 @@ class DedupPhase(Phase):
         out = {}
         for s, ds in streams.items():
             out[s] = cogroup(
-                {"records": ds.map_batches(_with_member, fn_args=(s,), batch_format="pyarrow"), "removals": removals},
-                {"records": "_m", "removals": "target"}, partitions_for(data.rows(s), ROWS_PER_PARTITION),
-                apply_partition, (s,),
+                {
+                    "records": ds.map_batches(_with_member, fn_args=(s,), batch_format="pyarrow"),
+                    "removals": removals,
+                },
+                {"records": "_m", "removals": "target"},
+                partitions_for(data.rows(s), ROWS_PER_PARTITION),
+                apply_partition,
+                (s,),
                 {"records": STREAM_SCHEMAS[s].append(pa.field("_m", pa.int64())), "removals": REMOVAL},
-            )  # fmt: skip
+            )
         return out
 
     def _phase_stats(self, counts: dict[str, int]) -> list[dict]:
@@ -595,8 +658,15 @@ class DedupPhase(Phase):
         out = []
         if self.cfg.decontaminate_texts or self.cfg.decontaminate_images:
             total = text_in + c("indexed/image", 0) + decon
-            out.append({"phase": "decontaminate", "unit": "records+images", "in": total, "kept": total - decon,
-                        "dropped": {"decontaminated": decon} if decon else {}})  # fmt: skip
+            out.append(
+                {
+                    "phase": "decontaminate",
+                    "unit": "records+images",
+                    "in": total,
+                    "kept": total - decon,
+                    "dropped": {"decontaminated": decon} if decon else {},
+                }
+            )
         rows = [
             ("exact_text", "records", self.cfg.exact_text, text_in, exact_t, "exact_duplicate"),
             ("minhash_text", "records", self.cfg.minhash, text_in - exact_t, near_t, "near_duplicate"),
@@ -605,6 +675,13 @@ class DedupPhase(Phase):
         ]
         for phase, unit, on, n_in, n_drop, reason in rows:
             if on:
-                out.append({"phase": phase, "unit": unit, "in": n_in, "kept": n_in - n_drop,
-                            "dropped": {reason: n_drop} if n_drop else {}})  # fmt: skip
+                out.append(
+                    {
+                        "phase": phase,
+                        "unit": unit,
+                        "in": n_in,
+                        "kept": n_in - n_drop,
+                        "dropped": {reason: n_drop} if n_drop else {},
+                    }
+                )
         return out

@@ -130,10 +130,13 @@ class CorpusPhase(Stage):
         )
         records = ds.map_batches(with_row_hash, fn_args=(stream,), batch_format="pyarrow")
         return cogroup(
-            {"records": records, "hits": hits}, {"records": "_row", "hits": "row"},
-            partitions_for(rows, ROWS_PER_PARTITION), apply_hits, (self.verdict,),
+            {"records": records, "hits": hits},
+            {"records": "_row", "hits": "row"},
+            partitions_for(rows, ROWS_PER_PARTITION),
+            apply_hits,
+            (self.verdict,),
             {"records": schema.append(pa.field("_row", pa.int64())), "hits": HITS},
-        )  # fmt: skip
+        )
 
     def __call__(self, table: pa.Table) -> pa.Table:
         raise RuntimeError(f"{self.name} needs the whole corpus: run it through run_chain")

@@ -123,7 +123,7 @@ def pair_keys(table: pa.Table) -> pa.Table:
                     np.full(len(keys), by, np.int8),
                 ],
                 schema=PAIR_KEY,
-            )  # fmt: skip
+            )
         )
     return pa.concat_tables(parts)
 
@@ -166,10 +166,16 @@ def attach_captions(parts: dict[str, pa.Table]) -> pa.Table:
         return pairs.drop_columns(["_row"])
     lineage = matches.column("lineage")
     order = pc.sort_indices(
-        pa.table({"row": matches.column("row"), "by": matches.column("by"),
-                  "source": pc.struct_field(lineage, "source"), "offset": pc.struct_field(lineage, "offset")}),
+        pa.table(
+            {
+                "row": matches.column("row"),
+                "by": matches.column("by"),
+                "source": pc.struct_field(lineage, "source"),
+                "offset": pc.struct_field(lineage, "offset"),
+            }
+        ),
         [("row", "ascending"), ("by", "ascending"), ("source", "ascending"), ("offset", "ascending")],
-    )  # fmt: skip
+    )
     matches = matches.take(order)
     extra: dict[int, list[dict]] = {}
     for row, text, gen in zip(
@@ -211,14 +217,21 @@ def join_synthetic(captions, lines, pair_rows: int, line_rows: int) -> tuple:
     lines_k = lines.map_batches(_line_hash, batch_format="pyarrow")
     p1 = partitions_for(2 * pair_rows + line_rows, ROWS_PER_PARTITION)
     matched = cogroup(
-        {"keys": keys, "lines": lines_k}, {"keys": "k", "lines": "k"}, p1, match_lines,
+        {"keys": keys, "lines": lines_k},
+        {"keys": "k", "lines": "k"},
+        p1,
+        match_lines,
         schemas={"keys": PAIR_KEY, "lines": SYNTHETIC_LINE.append(pa.field("k", pa.int64()))},
-    ).materialize()  # fmt: skip
+    ).materialize()
     p2 = partitions_for(pair_rows, ROWS_PER_PARTITION)
     pairs = cogroup(
-        {"pairs": captions.map_batches(_pairs_with_row, batch_format="pyarrow"),
-         "matches": matched.map_batches(_matches_only, batch_format="pyarrow")},
-        {"pairs": "_row", "matches": "row"}, p2, attach_captions,
+        {
+            "pairs": captions.map_batches(_pairs_with_row, batch_format="pyarrow"),
+            "matches": matched.map_batches(_matches_only, batch_format="pyarrow"),
+        },
+        {"pairs": "_row", "matches": "row"},
+        p2,
+        attach_captions,
         schemas={"pairs": CAPTION_PAIR.append(pa.field("_row", pa.int64())), "matches": MATCH},
-    )  # fmt: skip
+    )
     return pairs, matched.map_batches(_verdicts_only, batch_format="pyarrow")

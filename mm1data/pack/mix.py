@@ -92,7 +92,8 @@ def select(
 
     ``groups[i]`` is item i's mix group, ``weight[i]`` its size in the mix unit. Groups not in
     ``target`` are not used. ``seed`` (an int or a tuple, e.g. seed and plan partition) seeds the
-    permutations with the group and the epoch. A target group with nothing available fails (nothing could be built).
+    permutations with the group and the epoch. A target group with nothing available fails
+    (nothing could be built).
     """
     avail = {g: float(weight[groups == g].sum()) for g in target}
     empty = [g for g, a in avail.items() if a <= 0]

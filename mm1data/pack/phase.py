@@ -80,8 +80,10 @@ def plan_partition(parts: dict[str, pa.Table], cfg: BuildConfig, n_parts: int) -
     idx = np.asarray(rows["i"], np.int64)
     placed = _rows(meta, idx, rows, p, None)
     left = np.flatnonzero(copies == 0)
-    why = [{"stage": "mix", "reason": "mix_surplus" if mix_group(streams[i], target) in target else "not_in_mix"}
-           for i in left.tolist()]  # fmt: skip
+    why = [
+        {"stage": "mix", "reason": "mix_surplus" if mix_group(streams[i], target) in target else "not_in_mix"}
+        for i in left.tolist()
+    ]
     unused = _rows(meta, left, None, p, why)
     return pa.concat_tables([placed, unused])
 
@@ -94,14 +96,26 @@ def _rows(meta: pa.Table, idx: np.ndarray, where: dict | None, p: int, reject: l
         return pa.array(np.asarray(where[name], dtype) if where else np.full(n, -1, dtype))
 
     return pa.table(
-        [t.column("key_hash"), t.column("key"), t.column("stream"), t.column("id"), t.column("part"),
-         t.column("lineage"), t.column("n_tokens"), t.column("n_images"), t.column("image_bytes"),
-         pa.array(np.full(n, p, np.int32)),
-         col("shard", np.int32), col("seq", np.int32), col("slot", np.int32), col("copy", np.int32),
-         pa.array(np.asarray(where["full"], bool) if where else np.zeros(n, bool)),
-         pa.array(reject if reject is not None else [None] * n, REJECT_INFO)],
+        [
+            t.column("key_hash"),
+            t.column("key"),
+            t.column("stream"),
+            t.column("id"),
+            t.column("part"),
+            t.column("lineage"),
+            t.column("n_tokens"),
+            t.column("n_images"),
+            t.column("image_bytes"),
+            pa.array(np.full(n, p, np.int32)),
+            col("shard", np.int32),
+            col("seq", np.int32),
+            col("slot", np.int32),
+            col("copy", np.int32),
+            pa.array(np.asarray(where["full"], bool) if where else np.zeros(n, bool)),
+            pa.array(reject if reject is not None else [None] * n, REJECT_INFO),
+        ],
         schema=PLACEMENT,
-    )  # fmt: skip
+    )
 
 
 def plan_sums(table: pa.Table, target: dict[str, float], unit: str) -> pa.Table:

@@ -250,8 +250,9 @@ def to_rejects(table: pa.Table, stream: str | None, kept_items_only: bool = Fals
         for i, items in enumerate(table.column("item_rejects").to_pylist()):
             if kept_items_only == (rejects[i] is None):
                 for n, rej in enumerate(items or []):
-                    rows.append({"id": f"{ids[i]}#{n}", "stream": f"{streams[i]}_item",
-                                 "lineage": lineages[i], **rej})  # fmt: skip
+                    rows.append(
+                        {"id": f"{ids[i]}#{n}", "stream": f"{streams[i]}_item", "lineage": lineages[i], **rej}
+                    )
     return pa.Table.from_pylist(rows, schema=REJECT)
 
 
@@ -277,8 +278,13 @@ def rejects_of(stored: Stored, kept_items_only: bool = False):
     return ds.map_batches(_folder_rejects, fn_args=args, batch_format="pyarrow")
 
 
-REJECT_ORDER = [("id", "ascending"), ("stream", "ascending"), ("stage", "ascending"),
-                ("reason", "ascending"), ("detail", "ascending")]  # fmt: skip
+REJECT_ORDER = [
+    ("id", "ascending"),
+    ("stream", "ascending"),
+    ("stage", "ascending"),
+    ("reason", "ascending"),
+    ("detail", "ascending"),
+]
 TAGGED = REJECT.append(pa.field("_folder", pa.string())).append(pa.field("_k", pa.int64()))
 
 
@@ -423,8 +429,16 @@ class Executor:
             stream = out.name if out.name in STAT_STREAMS else None
             args = (out.name, stream, out.rejects is not None)
             if phase.checkpoint:
-                counted.append(work.write_dataset(datasets[out.name], phase.name, out.name, schema=out.schema,
-                                                  count=_outcome_counts, args=args))  # fmt: skip
+                counted.append(
+                    work.write_dataset(
+                        datasets[out.name],
+                        phase.name,
+                        out.name,
+                        schema=out.schema,
+                        count=_outcome_counts,
+                        args=args,
+                    )
+                )
                 stored.append(Stored(phase.name, out, work=work))
             else:
                 ds = datasets[out.name].materialize()

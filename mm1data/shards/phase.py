@@ -48,12 +48,28 @@ from mm1data.tokens.render import EXAMPLE
 from mm1data.tokens.tokenizer import TextTokenizer
 
 BYTES_PER_TASK = 512 * 1024**2
-PAYLOAD = ["key_hash", "stream", "id", "part", "lineage", "tokens", "loss_mask", "image_starts", "images",
-           "n_tokens", "n_images"]  # fmt: skip
+PAYLOAD = [
+    "key_hash",
+    "stream",
+    "id",
+    "part",
+    "lineage",
+    "tokens",
+    "loss_mask",
+    "image_starts",
+    "images",
+    "n_tokens",
+    "n_images",
+]
 WHERE = ["key_hash", "shard_part", "shard_index", "seq", "slot", "shard_full"]
 ROUTED = subschema(EXAMPLE, PAYLOAD[1:]).append(pa.field("shard_part", pa.int32()))
-for _name, _type in (("shard_index", pa.int32()), ("seq", pa.int32()), ("slot", pa.int32()),
-                     ("shard_full", pa.bool_()), ("_s", pa.int64())):  # fmt: skip
+for _name, _type in (
+    ("shard_index", pa.int32()),
+    ("seq", pa.int32()),
+    ("slot", pa.int32()),
+    ("shard_full", pa.bool_()),
+    ("_s", pa.int64()),
+):
     ROUTED = ROUTED.append(pa.field(_name, _type))
 
 
@@ -210,15 +226,21 @@ class WritePhase(Phase):
         where = data.kept("placements", WHERE)
         n_rows = data.rows("examples") + data.rows("placements")
         routed = cogroup(
-            {"ex": payload, "pl": where}, {"ex": "key_hash", "pl": "key_hash"},
-            max(1, math.ceil(placed_bytes / BYTES_PER_TASK), partitions_for(n_rows, 1_000_000)), route,
+            {"ex": payload, "pl": where},
+            {"ex": "key_hash", "pl": "key_hash"},
+            max(1, math.ceil(placed_bytes / BYTES_PER_TASK), partitions_for(n_rows, 1_000_000)),
+            route,
             schemas={"ex": subschema(EXAMPLE, PAYLOAD), "pl": subschema(PLACEMENT, WHERE)},
-        )  # fmt: skip
+        )
         tasks = min(n_shards, max(1, math.ceil(placed_bytes / BYTES_PER_TASK)))
         shards = cogroup(
-            {"r": routed}, {"r": "_s"}, tasks, write_shards, (ctx.root, cfg, self.tok.ids["pad"], plan_fp),
+            {"r": routed},
+            {"r": "_s"},
+            tasks,
+            write_shards,
+            (ctx.root, cfg, self.tok.ids["pad"], plan_fp),
             {"r": ROUTED},
-        ).materialize()  # fmt: skip
+        ).materialize()
         resumed = sum_counts(shards.map_batches(_resumed_counts, batch_format="pyarrow"))
         summary = plan_summary(sums, cfg)
         header = manifest_header(cfg, self.tok, summary, info.get("partitions", 1))
@@ -260,7 +282,10 @@ def _partition_counts(table: pa.Table) -> pa.Table:
 def _drop_stale_shards(root: str, shards) -> None:
     """Remove shard tars and indexes (and leftovers of killed writes) that are not in this plan,
     partition by partition, so the driver lists one partition's shards at a time."""
-    per_part = {int(k): v for k, v in sum_counts(shards.map_batches(_partition_counts, batch_format="pyarrow")).items()}
+    per_part = {
+        int(k): v
+        for k, v in sum_counts(shards.map_batches(_partition_counts, batch_format="pyarrow")).items()
+    }
     fs, path = fsspec_fs(root)
     listed = {int(p.rsplit("/", 1)[-1].split("-")[1]) for p in fs.glob(f"{path}/shard-?????-00000.tar*")}
     for part in sorted(listed | set(per_part)):

@@ -151,7 +151,11 @@ def shard_tar(
         images += r["n_images"]
     samples = [(sample_key(part, index, q), assemble(by_seq[q], seq_len, pad_id)) for q in sorted(by_seq)]
     tar, tar_index = tar_bytes(samples)
-    return tar, tar_index, {"sequences": len(by_seq), "images": images, "tokens": tokens, "examples": examples}
+    return (
+        tar,
+        tar_index,
+        {"sequences": len(by_seq), "images": images, "tokens": tokens, "examples": examples},
+    )
 
 
 def shard_entry(row: dict, mix: dict[str, float], full: bool) -> ShardEntry:

@@ -27,8 +27,17 @@ def synthetic_share(cfg: BuildConfig, target: dict[str, float]) -> float:
 
 def render_fingerprint(cfg: BuildConfig) -> dict:
     """The build settings rendering depends on."""
-    keys = ("seq_len", "image_tokens", "max_images", "image_size", "image_markers", "jpeg_quality",
-            "tokenizer", "seed", "synthetic_ratio")  # fmt: skip
+    keys = (
+        "seq_len",
+        "image_tokens",
+        "max_images",
+        "image_size",
+        "image_markers",
+        "jpeg_quality",
+        "tokenizer",
+        "seed",
+        "synthetic_ratio",
+    )
     return {k: getattr(cfg, k) for k in keys}
 
 
@@ -54,7 +63,7 @@ class TokenizePhase(Phase):
                 batch_format="pyarrow",
                 batch_size=64,
                 concurrency=self.cfg.workers,
-            )  # fmt: skip
+            )
             for s in STREAMS
             if s in data
         ]

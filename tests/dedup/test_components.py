@@ -14,8 +14,16 @@ from tests.dedup.conftest import caption_table, interleaved_table, text_table
 
 
 def test_rank_orders_members_as_the_survivor_rule():
-    members = [("text:b", 0.5), ("text:a", None), ("interleaved:z", None), ("caption:q", None),
-               ("caption:p", None), ("caption:x", 0.9), ("text:c", -0.25), ("interleaved:a#1", 0.9)]  # fmt: skip
+    members = [
+        ("text:b", 0.5),
+        ("text:a", None),
+        ("interleaved:z", None),
+        ("caption:q", None),
+        ("caption:p", None),
+        ("caption:x", 0.9),
+        ("text:c", -0.25),
+        ("interleaved:a#1", 0.9),
+    ]
     by_key = sorted(members, key=lambda m: survivor_key(*m))
     by_rank = sorted(members, key=lambda m: rank(*m))
     assert by_rank == by_key

@@ -54,7 +54,9 @@ def test_filter_command_conserves_records_per_stage(ray_local, tmp_path, shared_
     write_stream(pa.Table.from_pylist(docs, schema=INTERLEAVED_DOC), ingest / "interleaved")
     write_stream(text_table(dict(list(dolma_docs.items())[:200])), ingest / "text")
 
-    result = CliRunner().invoke(main, ["filter", "--input", str(ingest), "--output", str(tmp_path / "out")], catch_exceptions=False)
+    result = CliRunner().invoke(
+        main, ["filter", "--input", str(ingest), "--output", str(tmp_path / "out")], catch_exceptions=False
+    )
     assert result.exit_code == 0, result.output
     stats = json.loads((tmp_path / "out" / "stats.json").read_text())["streams"]
     for stream, s in stats.items():

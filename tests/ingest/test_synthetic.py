@@ -28,15 +28,23 @@ def test_pairs_gain_synthetic_captions_by_sha_and_by_id(tmp_path, shared_data):
     path.write_text("\n".join(json.dumps(x) for x in lines) + "\n{broken\n")
     synthetic = pa.Table.from_pylist(read_rows("synthetic_caption", "jsonl", path))
     assert [(r or {}).get("reason") for r in synthetic.column("reject").to_pylist()] == [
-        None, None, "missing_field", None, "invalid_json"
-    ]  # fmt: skip
+        None,
+        None,
+        "missing_field",
+        None,
+        "invalid_json",
+    ]
 
     pairs = pa.Table.from_pylist(rows[:3], schema=CAPTION_PAIR)
     matched = match_lines({"keys": pair_keys(pairs), "lines": _line_hash(synthetic)})
     verdicts = matched.filter(pa.compute.is_null(matched.column("row")))
     assert [(r or {}).get("reason") for r in verdicts.column("reject").to_pylist()] == [
-        None, None, "missing_field", "no_matching_image", "invalid_json"
-    ]  # fmt: skip
+        None,
+        None,
+        "missing_field",
+        "no_matching_image",
+        "invalid_json",
+    ]
     found = matched.filter(pa.compute.is_valid(matched.column("row")))
     out = attach_captions({"pairs": with_row_hash(pairs, "caption"), "matches": found})
     captions = out.column("captions").to_pylist()

@@ -31,18 +31,24 @@ SCRIPT = textwrap.dedent(
         kind = rng.choice(3, len(i), p=[0.6, 0.3, 0.1])
         stream = np.array(["caption", "interleaved", "text"], dtype=object)[kind]
         images = np.where(kind == 0, 1, np.where(kind == 1, rng.integers(1, 8, len(i)), 0))
-        tokens = np.where(kind == 2, rng.integers(300, 4096, len(i)), images * 146 + rng.integers(10, 900, len(i)))
+        extra = rng.integers(10, 900, len(i))
+        tokens = np.where(kind == 2, rng.integers(300, 4096, len(i)), images * 146 + extra)
         keys = [f"{s}:gen:{k}:{k}#0" for s, k in zip(stream.tolist(), i.tolist())]
-        cols = {"key": keys, "key_hash": hash64(keys), "stream": stream.tolist(), "id": [str(k) for k in i.tolist()],
-                "part": np.zeros(len(i), np.int32), "lineage": [{"source": "g", "offset": int(k)} for k in i.tolist()],
-                "n_tokens": tokens.astype(np.int32), "n_images": images.astype(np.int32),
-                "image_bytes": images.astype(np.int64) * 1000}
-        return pa.table({f.name: cols.get(f.name, pa.array([None] * len(i), f.type)) for f in EXAMPLE}, schema=EXAMPLE)
+        cols = {
+            "key": keys, "key_hash": hash64(keys), "stream": stream.tolist(),
+            "id": [str(k) for k in i.tolist()],
+            "part": np.zeros(len(i), np.int32), "lineage": [{"source": "g", "offset": int(k)} for k in i],
+            "n_tokens": tokens.astype(np.int32), "n_images": images.astype(np.int32),
+            "image_bytes": images.astype(np.int64) * 1000,
+        }
+        nulls = {f.name: pa.array([None] * len(i), f.type) for f in EXAMPLE if f.name not in cols}
+        return pa.table({f.name: cols.get(f.name, nulls.get(f.name)) for f in EXAMPLE}, schema=EXAMPLE)
 
     with ray_session(num_cpus=2):
-        ds = ray.data.range(n, override_num_blocks=4).map_batches(examples, batch_format="numpy", batch_size=None)
+        ds = ray.data.range(n, override_num_blocks=4)
+        ds = ds.map_batches(examples, batch_format="numpy", batch_size=None).materialize()
         data = Data()
-        data.add(Stored("tokenize", Output("examples", "tokenize", EXAMPLE), kept=n, dataset=ds.materialize()))
+        data.add(Stored("tokenize", Output("examples", "tokenize", EXAMPLE), kept=n, dataset=ds))
         ctx = Context(out, WorkDir(out), StageLog(quiet=True))
         placements = phase.PlanPhase(BuildConfig(shard_size=50)).run(data, ctx)["placements"]
         placements.write_parquet(out + "/placements")
