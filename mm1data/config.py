@@ -59,6 +59,9 @@ class IngestConfig:
     max_image_pixels: int = 89_478_485  # Pillow's own decompression-bomb threshold
     max_text_chars: int = 1_000_000  # a caption or text item longer than this is rejected
     max_caption_chars: int = 4_096
+    # an HTML page (WARC record) larger than this is rejected `page_too_large`; Common Crawl
+    # already truncates payloads at 1 MiB (WARC-Truncated: length)
+    max_html_bytes: int = 5 * 1024 * 1024
     rows_per_batch: int = 256
 
 
