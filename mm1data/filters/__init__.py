@@ -8,6 +8,7 @@ stream as filtered so far, then applies the filter they return.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Sequence
 from typing import ClassVar
@@ -25,6 +26,7 @@ from mm1data.filters.image import (
     InterleavedImageFilter,
 )
 from mm1data.filters.language import LanguageFilter
+from mm1data.filters.obelics import ParagraphFilter, WebDocumentFilter
 from mm1data.filters.text_quality import GopherQualityFilter, GopherRepetitionFilter
 from mm1data.stages import Stage, live_mask
 
@@ -152,10 +154,18 @@ def filter_stages(cfg: FilterConfig, stream: str) -> list[Stage]:
                 stages.append(CaptionRepeatsPhase(cfg.caption.max_repeats))
         return stages
     if stream == "interleaved":
-        stages = [InterleavedImageFilter(cfg.image)] if cfg.image.enabled else []
+        stages = [InterleavedImageFilter(cfg.image, cfg.interleaved)] if cfg.image.enabled else []
         if cfg.interleaved.max_image_url_repeats is not None:
             stages.append(ImageUrlRepeatsPhase(cfg.interleaved.max_image_url_repeats))
-        return [*stages, InterleavedDocFilter(cfg.interleaved), *text_stages(cfg)]
+        if cfg.paragraph.enabled:
+            stages.append(ParagraphFilter(cfg.paragraph))
+        stages.append(InterleavedDocFilter(cfg.interleaved))
+        if cfg.web_document.enabled:
+            stages.append(WebDocumentFilter(cfg.web_document))
+            if cfg.web_document.min_language_score is not None:  # OBELICS: LID >= 0.8 on web documents
+                score = max(cfg.language.min_score, cfg.web_document.min_language_score)
+                cfg = dataclasses.replace(cfg, language=dataclasses.replace(cfg.language, min_score=score))
+        return [*stages, *text_stages(cfg)]
     raise ValueError(f"unknown stream {stream!r}")
 
 

@@ -271,6 +271,11 @@ def _other_scheme(key: str) -> str:
     return "https" + key[4:] if key.startswith("http:") else "http" + key[5:]
 
 
+def target_uri(r) -> str:
+    """A record's WARC-Target-URI, without the angle brackets some writers (wget, WARC/1.0 era) add."""
+    return (r.headers.get("WARC-Target-URI") or "").strip().strip("<>").strip()
+
+
 def _mime(content_type: str | None) -> str:
     return (content_type or "").split(";", 1)[0].strip().lower()
 
@@ -309,7 +314,8 @@ class ImageIndex:
 
     def add(self, r) -> None:
         """Index one record if it may hold an image."""
-        key = url_key(r.headers.get("WARC-Target-URI") or "")
+        uri = target_uri(r)
+        key = url_key(uri)
         if key is None:
             return
         if r.is_http:
@@ -320,12 +326,12 @@ class ImageIndex:
         digest = r.headers.get("WARC-Payload-Digest")
         if r.record_type == WarcRecordType.revisit:
             if _image_like(mime) and key not in self.revisits:
-                refers = url_key(r.headers.get("WARC-Refers-To-Target-URI") or "")
+                refers = url_key((r.headers.get("WARC-Refers-To-Target-URI") or "").strip().strip("<>"))
                 self.revisits[key] = (digest, refers)
             return
         if status is not None and 300 <= status < 400:
             location = r.http_headers.get("Location")
-            target = url_key(urljoin(r.headers.get("WARC-Target-URI") or "", location)) if location else None
+            target = url_key(urljoin(uri, location)) if location else None
             if target and target != key:
                 self.redirects.setdefault(key, target)
             return
@@ -489,7 +495,7 @@ class WarcRows:
         rtype = r.record_type
         if rtype not in PAGE_TYPES:
             raise PageReject("not_a_response", _record_type(r))
-        uri = (r.headers.get("WARC-Target-URI") or "").strip().strip("<>")
+        uri = target_uri(r)
         declared = r.content_length
         truncated = digest_ok = None
         if (
