@@ -166,16 +166,19 @@ def _size(value: str | None) -> int | None:
 
 
 def decode_data_uri(uri: str) -> bytes | None:
-    """The bytes of a ``data:`` URI (base64 or percent-encoded), or None when malformed."""
+    """The bytes of a ``data:`` URI (base64 or percent-encoded), or None when malformed or empty."""
     head, sep, payload = uri.partition(",")
     if not sep:
         return None
     try:
         if head.lower().endswith(";base64"):
-            return base64.b64decode(_WS.sub("", payload) + "=" * (-len(_WS.sub("", payload)) % 4))
-        return unquote_to_bytes(payload)
+            packed = _WS.sub("", payload)
+            data = base64.b64decode(packed + "=" * (-len(packed) % 4), validate=True)
+        else:
+            data = unquote_to_bytes(payload)
     except (binascii.Error, ValueError):
         return None
+    return data or None
 
 
 def resolve(base: str, ref: str) -> str | None:

@@ -450,24 +450,29 @@ class WarcRows:
             fetcher.close()
 
     def _records(self, f: IO[bytes], gzipped: bool, fetcher: _ImageFetcher) -> Iterator[dict]:
+        """Rows of every record from offset 0; a damaged record becomes one reject at its offset
+        and reading resumes at the next record start after it."""
         start = 0
         for _ in range(MAX_RESYNCS + 1):
             f.seek(start)
-            last = -1
+            done, current = start - 1, None
             try:
                 for r in ArchiveIterator(f, parse_http=False, quirks_mode=True):
-                    last = r.stream_pos
-                    yield self.record_row(r, fetcher)
+                    current = r.stream_pos
+                    row = self.record_row(r, fetcher)
+                    done, current = current, None
+                    yield row
                 return
             except OSError as e:
-                reason = (
-                    "warc_bad_gzip"
-                    if "gzip" in str(e).lower() or "deflate" in str(e).lower()
-                    else "warc_bad_record"
-                )
-                bad = max(last + 1, start + 1)
-                nxt = _next_record_start(f, bad, gzipped)
-                end = "end of file" if nxt is None else f"offset {nxt}"
+                message = str(e).lower()
+                reason = "warc_bad_gzip" if "gzip" in message or "deflate" in message else "warc_bad_record"
+                # the damaged record: the one being read, else the next record start after the last good one
+                bad = current if current is not None else _next_record_start(f, done + 1, gzipped)
+                if bad is None:  # the damage is in the tail after the last record start
+                    bad, nxt = done + 1, None
+                else:
+                    nxt = _next_record_start(f, bad + 1, gzipped)
+                end = "the end of the file" if nxt is None else f"offset {nxt}"
                 detail = f"{e}; bytes from {bad} to {end} skipped"
                 yield rejected(self.row_id(bad), self.unit.path, bad, reason, detail[:300])
                 if nxt is None:
