@@ -103,7 +103,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = make_corpus(Path(tmp), args.repeat)
         size = path.stat().st_size / 2**20
-        print(f"corpus: {len(FILES)} shared WARCs x {args.repeat} = {size:.1f} MiB (gzip), one process each\n")
+        print(f"corpus: {len(FILES)} shared WARCs x {args.repeat} = {size:.1f} MiB (gzip), one process each")
+        print()
         mm1, mm1_wall, mm1_cpu = timed(lambda: run_mm1data(path))
         dt, dt_wall, dt_cpu = timed(lambda: run_datatrove(path))
     rows = [("mm1data read_warc (text + images in order)", mm1, mm1_wall, mm1_cpu),

@@ -24,7 +24,7 @@ from PIL import Image
 
 from mm1data.config import ImageConfig, InterleavedConfig
 from mm1data.filters.obelics import obelics_words
-from mm1data.stages import Decision, Filter, Stage, live_mask, set_item_columns
+from mm1data.stages import Decision, Filter, Stage, rewrite_items
 
 
 def check_image(data: bytes | None, cfg: ImageConfig) -> tuple[str, float, str] | None:
@@ -81,25 +81,16 @@ class ImageFilter(Filter):
 def _rewrite_items(table: pa.Table, stage: str, judge) -> pa.Table:
     """Drop the image items of live interleaved docs for which ``judge(item)`` returns
     ``(reason, score, detail)``, appending those to ``item_rejects``."""
-    live = live_mask(table)
-    items_col = table.column("items").to_pylist()
-    rejects_col = table.column("item_rejects").to_pylist()
-    changed = False
-    for i in np.flatnonzero(live):
-        kept, rejects = [], list(rejects_col[i] or [])
-        for item in items_col[i] or []:
-            verdict = judge(item) if item["kind"] == "image" else None
-            if verdict is None:
-                kept.append(item)
-            else:
-                reason, score, detail = verdict
-                where = f"position {item.get('position')}: {item.get('url') or ''}"
-                rejects.append(
-                    {"stage": stage, "reason": reason, "detail": f"{where} {detail}"[:300], "score": score}
-                )
-        if len(kept) != len(items_col[i] or []):
-            items_col[i], rejects_col[i], changed = kept, rejects, True
-    return set_item_columns(table, items_col, rejects_col) if changed else table
+
+    def rewrite(item: dict) -> tuple[dict | None, list[dict]]:
+        verdict = judge(item) if item["kind"] == "image" else None
+        if verdict is None:
+            return item, []
+        reason, score, detail = verdict
+        where = f"position {item.get('position')}: {item.get('url') or ''}"
+        return None, [{"stage": stage, "reason": reason, "detail": f"{where} {detail}"[:300], "score": score}]
+
+    return rewrite_items(table, rewrite)
 
 
 def check_rendered(item: dict, cfg: InterleavedConfig) -> tuple[str, float, str] | None:

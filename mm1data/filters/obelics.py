@@ -35,7 +35,7 @@ import pyarrow as pa
 
 from mm1data.config import ParagraphConfig, WebDocumentConfig
 from mm1data.filters.words import table_texts
-from mm1data.stages import Decision, Filter, Stage, live_mask, set_item_columns
+from mm1data.stages import Decision, Filter, Stage, rewrite_items
 
 STOP_WORDS = frozenset(
     """
@@ -182,33 +182,27 @@ class ParagraphFilter(Stage):
             dropped[reason] = (n + 1, first_score, first)
         return ("\n\n".join(kept) or None), dropped
 
+    def rewrite(self, item: dict) -> tuple[dict | None, list[dict]]:
+        """A text item with its failing paragraphs removed (None when none is left), and one
+        item reject per reason."""
+        if item["kind"] != "text" or not item.get("text"):
+            return item, []
+        text, dropped = self.filter_text(item["text"])
+        if not dropped:
+            return item, []
+        rejects = [
+            {
+                "stage": self.name,
+                "reason": f"paragraph_{reason}",
+                "detail": f"position {item.get('position')}: {n} paragraph(s), first: {first[:120]!r}",
+                "score": float(score),
+            }
+            for reason, (n, score, first) in dropped.items()
+        ]
+        return (None if text is None else {**item, "text": text}), rejects
+
     def __call__(self, table: pa.Table) -> pa.Table:
-        live = live_mask(table)
-        items_col = table.column("items").to_pylist()
-        rejects_col = table.column("item_rejects").to_pylist()
-        changed = False
-        for i in np.flatnonzero(live):
-            new_items, rejects = [], list(rejects_col[i] or [])
-            for item in items_col[i] or []:
-                if item["kind"] != "text" or not item.get("text"):
-                    new_items.append(item)
-                    continue
-                text, dropped = self.filter_text(item["text"])
-                for reason, (n, score, first) in dropped.items():
-                    rejects.append(
-                        {
-                            "stage": self.name,
-                            "reason": f"paragraph_{reason}",
-                            "detail": f"position {item.get('position')}: {n} paragraph(s), "
-                            f"first: {first[:120]!r}",
-                            "score": float(score),
-                        }
-                    )
-                if text is not None:
-                    new_items.append({**item, "text": text} if dropped else item)
-                changed = changed or bool(dropped)
-            items_col[i], rejects_col[i] = new_items, rejects
-        return set_item_columns(table, items_col, rejects_col) if changed else table
+        return rewrite_items(table, self.rewrite)
 
 
 class WebDocumentFilter(Filter):
