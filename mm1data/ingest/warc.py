@@ -172,7 +172,7 @@ def decode_content(payload: bytes, headers, limit: int) -> bytes:
 
             out = brotli.Decompressor().process(payload)
             return out[: limit + 1]
-    except (zlib.error, Exception) as e:  # noqa: B014 - brotli raises its own error type
+    except Exception as e:  # zlib.error, brotli.error: any failure means the coding cannot be undone
         if payload[:1] == b"<":  # the body was stored decoded; the header is stale
             return payload
         raise PageReject("bad_content_encoding", f"{ce}: {type(e).__name__}") from e
@@ -308,7 +308,7 @@ class ImageIndex:
                 quirks_mode=True,
             ):
                 index.add(r)
-        except OSError:
+        except (OSError, ValueError):  # damage: index what came before it
             pass
         return index
 
@@ -331,7 +331,10 @@ class ImageIndex:
             return
         if status is not None and 300 <= status < 400:
             location = r.http_headers.get("Location")
-            target = url_key(urljoin(uri, location)) if location else None
+            try:
+                target = url_key(urljoin(uri, location)) if location else None
+            except ValueError:
+                target = None
             if target and target != key:
                 self.redirects.setdefault(key, target)
             return
@@ -408,7 +411,7 @@ class _ImageFetcher:
                 return None  # not seekable (one gzip member for the whole file)
             data = r.reader.read(self.cfg.max_image_bytes + 1)
             return decode_content(data, r.http_headers, self.cfg.max_image_bytes) if r.is_http else data
-        except (OSError, StopIteration, PageReject):
+        except (OSError, ValueError, StopIteration, PageReject):
             return None
 
     def close(self) -> None:
@@ -494,6 +497,10 @@ class WarcRows:
             return self._page(r, row_id, pos, fetcher)
         except PageReject as e:
             return rejected(row_id, self.unit.path, pos, e.reason, (e.detail or "")[:300] or None)
+        except OSError:
+            raise  # the stream itself is damaged: _records skips to the next record
+        except Exception as e:  # noqa: BLE001 - one odd record must not stop the file
+            return rejected(row_id, self.unit.path, pos, "warc_bad_record", f"{type(e).__name__}: {e}"[:300])
 
     def _page(self, r, row_id: str, pos: int, fetcher: _ImageFetcher) -> dict:
         cfg = self.cfg

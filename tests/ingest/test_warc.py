@@ -19,6 +19,7 @@ from mm1data.ingest.warc import ImageIndex, decode_html, url_key
 from tests.ingest.conftest import coco_jpegs, mission_warc, page_record, write_warc
 
 B = "b-interleaved"
+GZIP_MAGIC = b"\x1f\x8b"
 
 
 def rows_of(path: Path | str, cfg: IngestConfig | None = None, fmt: str = "warc") -> list[dict]:
@@ -275,3 +276,32 @@ def test_memory_does_not_grow_with_the_warc(tmp_path, shared_data):
 
 
 CC_PAGE = ("b-interleaved/sample-0001.warc.gz", 12746)
+
+
+def test_randomly_damaged_warcs_never_stop_the_reader(tmp_path, shared_data):
+    """60 seeded mutations (flipped, deleted and inserted bytes) of real WARCs, gzipped and plain."""
+    import gzip
+    import random
+
+    sources = [
+        (shared_data / B / "warc/warcio-bad/example.warc.gz").read_bytes(),
+        gzip.decompress((shared_data / B / "warc/resiliparse-warcfile.warc.gz").read_bytes())[:60_000],
+        (shared_data / B / "sample-0001.warc.gz").read_bytes()[:60_000],
+    ]
+    rng = random.Random(12)
+    for k in range(60):
+        data = bytearray(sources[k % 3])
+        for _ in range(rng.randint(1, 20)):
+            i, op = rng.randrange(len(data)), rng.random()
+            if op < 0.5:
+                data[i] = rng.randrange(256)
+            elif op < 0.75:
+                del data[i : i + rng.randint(1, 200)]
+            else:
+                data[i:i] = rng.randbytes(rng.randint(1, 50))
+        suffix = ".warc.gz" if data[:2] == GZIP_MAGIC else ".warc"
+        path = tmp_path / f"m{k}{suffix}"
+        path.write_bytes(bytes(data))
+        rows = rows_of(path)
+        assert len({r["id"] for r in rows}) == len(rows)
+        assert all(r["reject"] is None or r["reject"]["reason"] for r in rows)
