@@ -477,7 +477,8 @@ class WarcRows:
                     nxt = _next_record_start(f, bad + 1, gzipped)
                 end = "the end of the file" if nxt is None else f"offset {nxt}"
                 detail = f"{e}; bytes from {bad} to {end} skipped"
-                yield rejected(self.row_id(bad), self.unit.path, bad, reason, detail[:300])
+                row_id = getattr(e, "row_id", None) if current is not None else None
+                yield rejected(row_id or self.row_id(bad), self.unit.path, bad, reason, detail[:300])
                 if nxt is None:
                     return
                 start = nxt
@@ -497,8 +498,9 @@ class WarcRows:
             return self._page(r, row_id, pos, fetcher)
         except PageReject as e:
             return rejected(row_id, self.unit.path, pos, e.reason, (e.detail or "")[:300] or None)
-        except OSError:
-            raise  # the stream itself is damaged: _records skips to the next record
+        except OSError as e:
+            e.row_id = row_id  # the stream itself is damaged: _records rejects this record and resyncs
+            raise
         except Exception as e:  # noqa: BLE001 - one odd record must not stop the file
             return rejected(row_id, self.unit.path, pos, "warc_bad_record", f"{type(e).__name__}: {e}"[:300])
 
