@@ -368,9 +368,6 @@ class ImageIndex:
             key = self.redirects.get(key)
         return None
 
-    def __bool__(self) -> bool:
-        return bool(self.by_url or self.revisits)
-
 
 # --- reading --------------------------------------------------------------------------------------
 
