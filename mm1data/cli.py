@@ -60,7 +60,7 @@ def source_options(fn: Callable) -> Callable:
         click.option(
             "--interleaved",
             multiple=True,
-            help="Interleaved docs: MMC4 jsonl[@IMAGE_DIR], OBELICS parquet, .zim.",
+            help="Interleaved docs: MMC4 jsonl[@IMAGE_DIR], OBELICS parquet, .zim, web crawl .warc(.gz).",
         ),
         click.option(
             "--captions",

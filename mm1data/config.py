@@ -59,6 +59,9 @@ class IngestConfig:
     max_image_pixels: int = 89_478_485  # Pillow's own decompression-bomb threshold
     max_text_chars: int = 1_000_000  # a caption or text item longer than this is rejected
     max_caption_chars: int = 4_096
+    # an HTML page (WARC record) larger than this is rejected `page_too_large`; Common Crawl
+    # already truncates payloads at 1 MiB (WARC-Truncated: length)
+    max_html_bytes: int = 5 * 1024 * 1024
     rows_per_batch: int = 256
 
 
@@ -155,12 +158,16 @@ class CaptionConfig:
 
 @dataclass(frozen=True)
 class ImageConfig:
-    """Image checks for caption images and images inside interleaved docs. Min side 150 px and
-    aspect ratio at most 3 as OBELICS (Laurençon et al. 2023, Sec. 3); max side 20,000 px as OBELICS;
-    ``max_pixels`` is Pillow's decompression-bomb threshold."""
+    """Image checks for caption images and images inside interleaved docs. Min side 150 px and max
+    side 20,000 px as OBELICS (Laurençon et al. 2023; ``original_*_cutoff`` in huggingface/OBELICS
+    ``obelics/configs/config_filter_web_documents.yaml``); aspect ratio at most 3 as DataComp's
+    basic filtering (Gadre et al. 2023; mlfoundations/datacomp ``baselines/utils.py``: ``aspect_ratio
+    <= 3.0``). Images inside web documents use OBELICS's own ratio, 2
+    (:attr:`InterleavedConfig.max_image_aspect_ratio`). ``max_pixels`` is Pillow's
+    decompression-bomb threshold."""
 
     enabled: bool = True
-    formats: tuple[str, ...] = ("jpeg", "png", "webp")
+    formats: tuple[str, ...] = ("jpeg", "png", "webp")  # OBELICS valid_formats: jpg, jpeg, png, webp
     min_side: int = 150
     max_side: int = 20_000
     max_aspect_ratio: float = 3.0
@@ -170,13 +177,64 @@ class ImageConfig:
 
 @dataclass(frozen=True)
 class InterleavedConfig:
-    """Doc-level rules for interleaved docs, after bad images are removed. 1-30 images as OBELICS;
-    image URLs used by more than ``max_image_url_repeats`` docs are dropped (OBELICS: 10)."""
+    """Doc-level rules for interleaved docs, after bad images and paragraphs are removed, and the
+    rules for the images inside them. Defaults as OBELICS (huggingface/OBELICS
+    ``obelics/configs/config_filter_web_documents.yaml``): 1-30 images, 10-2,000 words (words as
+    OBELICS counts them: whitespace-separated, stripped of digits and punctuation), images at most
+    2:1, rendered (``<img width/height>``) sides 150-20,000 px. Image URLs used by more than
+    ``max_image_url_repeats`` docs are dropped (OBELICS: 10). A null threshold disables its rule."""
 
-    min_images: int = 1
-    max_images: int = 30
-    min_text_words: int = 10
+    min_images: int = 1  # number_images_min_cutoff
+    max_images: int = 30  # number_images_max_cutoff
+    min_text_words: int = 10  # number_words_doc_level_min_cutoff
+    max_text_words: int | None = 2_000  # number_words_doc_level_max_cutoff
+    max_image_aspect_ratio: float | None = 2.0  # aspect_ratio_max_cutoff (both ways: 1/2 to 2)
+    min_rendered_side: int | None = 150  # rendered_{width,height}_min_cutoff
+    max_rendered_side: int | None = 20_000  # rendered_{width,height}_max_cutoff
     max_image_url_repeats: int | None = 10
+
+
+@dataclass(frozen=True)
+class ParagraphConfig:
+    """OBELICS node-level text rules, applied to every paragraph (text split on blank lines) of an
+    interleaved doc; a failing paragraph leaves the doc, not the doc itself. Defaults as
+    huggingface/OBELICS ``obelics/configs/config_filter_web_documents.yaml`` (``*_node_level``
+    keys, named beside each field). Not ported: the flagged-word and common-word ratios (their word
+    lists are not in the OBELICS repository), node-level language ID and perplexity (off there).
+    The stop-word list is mm1data's own English function-word list. A null threshold disables
+    its rule."""
+
+    enabled: bool = True
+    min_words: int | None = 4  # number_words_node_level_min_cutoff
+    max_words: int | None = 1_000  # number_words_node_level_max_cutoff
+    char_repetition_length: int = 10  # character_repetition_length_node_level
+    max_char_repetition: float | None = 0.1  # character_repetition_node_level_max_cutoff
+    word_repetition_length: int = 5  # word_repetition_length_node_level
+    max_word_repetition: float | None = 0.1  # word_repetition_node_level_max_cutoff
+    max_special_chars: float | None = 0.3  # special_character_ratio_node_level_max_cutoff
+    min_stop_words: float | None = 0.3  # stopword_ratio_node_level_min_cutoff
+    min_punctuation: float | None = 0.001  # punctuation_ratio_node_level_min_cutoff
+    min_words_for_punctuation: int = 12  # min_number_words_to_check_punctuation_ratio_node_level
+
+
+@dataclass(frozen=True)
+class WebDocumentConfig:
+    """OBELICS document-level text rules on an interleaved doc's whole text (its text items joined
+    by blank lines), after the paragraph rules. Defaults as huggingface/OBELICS
+    ``obelics/configs/config_filter_web_documents.yaml`` (``*_doc_level`` keys). The image and
+    word counts are :class:`InterleavedConfig`'s; ``min_language_score`` raises the language
+    filter's threshold for interleaved docs (lang_id_doc_level_min_cutoff 0.8, English). Not ported:
+    flagged and common words (no published lists), perplexity (needs OBELICS's KenLM model)."""
+
+    enabled: bool = True
+    char_repetition_length: int = 10  # character_repetition_length_doc_level
+    max_char_repetition: float | None = 0.1  # character_repetition_doc_level_max_cutoff
+    word_repetition_length: int = 5  # word_repetition_length_doc_level
+    max_word_repetition: float | None = 0.2  # word_repetition_doc_level_max_cutoff
+    max_special_chars: float | None = 0.275  # special_character_ratio_doc_level_max_cutoff
+    min_stop_words: float | None = 0.35  # stopword_ratio_doc_level_min_cutoff
+    min_punctuation: float | None = 0.03  # punctuation_ratio_doc_level_min_cutoff
+    min_language_score: float | None = 0.8  # lang_id_doc_level_min_cutoff
 
 
 @dataclass(frozen=True)
@@ -190,6 +248,8 @@ class FilterConfig:
     caption: CaptionConfig = field(default_factory=CaptionConfig)
     image: ImageConfig = field(default_factory=ImageConfig)
     interleaved: InterleavedConfig = field(default_factory=InterleavedConfig)
+    paragraph: ParagraphConfig = field(default_factory=ParagraphConfig)
+    web_document: WebDocumentConfig = field(default_factory=WebDocumentConfig)
 
 
 @dataclass(frozen=True)

@@ -83,6 +83,9 @@ ITEM = pa.struct(
         *IMAGE_FIELDS,
         pa.field("url", pa.string()),
         pa.field("position", pa.int32()),  # original position in the source document
+        pa.field("alt", pa.string()),  # the <img> alt text (web pages)
+        pa.field("rendered_width", pa.int32()),  # the <img> width/height attributes in pixels
+        pa.field("rendered_height", pa.int32()),
     ]
 )
 
@@ -92,6 +95,7 @@ INTERLEAVED_DOC = pa.schema(
         pa.field("items", pa.list_(ITEM)),
         pa.field("url", pa.string()),
         pa.field("lineage", LINEAGE),
+        pa.field("metadata", pa.string()),  # source metadata as a JSON object (WARC record id, date, ...)
         *ANNOTATION_FIELDS,
         # image items dropped from a doc that is itself kept (missing or bad image, ...)
         pa.field("item_rejects", pa.list_(REJECT_INFO)),

@@ -141,3 +141,24 @@ def set_item_columns(table: pa.Table, items: list, item_rejects: list) -> pa.Tab
         j = table.schema.get_field_index(name)
         table = table.set_column(j, table.schema.field(j), pa.array(values, type=typ))
     return table
+
+
+def rewrite_items(table: pa.Table, rewrite) -> pa.Table:
+    """Interleaved docs with every item of their live rows passed through ``rewrite(item) ->
+    (item or None, item rejects)``: None drops the item, the rejects are appended to
+    ``item_rejects``. Rejected rows and unchanged batches pass through untouched."""
+    live = live_mask(table)
+    items_col = table.column("items").to_pylist()
+    rejects_col = table.column("item_rejects").to_pylist()
+    changed = False
+    for i in np.flatnonzero(live):
+        kept, rejects, touched = [], list(rejects_col[i] or []), False
+        for item in items_col[i] or []:
+            new, more = rewrite(item)
+            touched = touched or new is not item or bool(more)
+            rejects.extend(more)
+            if new is not None:
+                kept.append(new)
+        if touched:
+            items_col[i], rejects_col[i], changed = kept, rejects, True
+    return set_item_columns(table, items_col, rejects_col) if changed else table

@@ -10,6 +10,7 @@ step over (key, partner) rows and applies its verdicts with a second one keyed b
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import ClassVar
 
@@ -27,6 +28,7 @@ from mm1data.filters.image import (
     InterleavedImageFilter,
 )
 from mm1data.filters.language import LanguageFilter
+from mm1data.filters.obelics import ParagraphFilter, WebDocumentFilter
 from mm1data.filters.text_quality import GopherQualityFilter, GopherRepetitionFilter
 from mm1data.runners.pipeline import apply_stages
 from mm1data.runners.shuffle import cogroup, hash64, partitions_for
@@ -189,10 +191,18 @@ def filter_stages(cfg: FilterConfig, stream: str) -> list[Stage]:
                 stages.append(CaptionRepeatsPhase(cfg.caption.max_repeats))
         return stages
     if stream == "interleaved":
-        stages = [InterleavedImageFilter(cfg.image)] if cfg.image.enabled else []
+        stages = [InterleavedImageFilter(cfg.image, cfg.interleaved)] if cfg.image.enabled else []
         if cfg.interleaved.max_image_url_repeats is not None:
             stages.append(ImageUrlRepeatsPhase(cfg.interleaved.max_image_url_repeats))
-        return [*stages, InterleavedDocFilter(cfg.interleaved), *text_stages(cfg)]
+        if cfg.paragraph.enabled:
+            stages.append(ParagraphFilter(cfg.paragraph))
+        stages.append(InterleavedDocFilter(cfg.interleaved))
+        if cfg.web_document.enabled:
+            stages.append(WebDocumentFilter(cfg.web_document))
+            if cfg.web_document.min_language_score is not None:  # OBELICS: LID >= 0.8 on web documents
+                score = max(cfg.language.min_score, cfg.web_document.min_language_score)
+                cfg = dataclasses.replace(cfg, language=dataclasses.replace(cfg.language, min_score=score))
+        return [*stages, *text_stages(cfg)]
     raise ValueError(f"unknown stream {stream!r}")
 
 

@@ -1,13 +1,14 @@
 """Image checks (Pillow, with a decompression-bomb limit) and OBELICS-style interleaved doc rules.
 
 :func:`judge_image` judges one image from the format and size ingest recorded when it decoded it
-(once): an allowed format, shorter side >= ``min_side`` (150 px, OBELICS), longer side <=
-``max_side``, aspect ratio <= 3 and at most ``max_pixels``; :func:`check_image` decodes images
-that arrive without those columns. Caption pairs with a bad image are dropped (:class:`ImageFilter`);
-inside an interleaved doc a bad image drops only that item into ``item_rejects``
-(:class:`InterleavedImageFilter`). :class:`InterleavedDocFilter` then applies the doc rules:
-1-30 images, minimum text. :class:`FrequentImageUrlFilter` removes image items whose URL occurs
-in more than ``max_image_url_repeats`` docs (counted over the whole corpus by
+(once; :func:`check_image` decodes images that arrive without them): an allowed format, shorter
+side >= ``min_side`` (150 px, OBELICS), longer side <= ``max_side``, aspect ratio <= 3 (DataComp;
+2 inside web documents, OBELICS) and at most ``max_pixels``. Caption pairs with a bad
+image are dropped (:class:`ImageFilter`); inside an interleaved doc a bad image, or one rendered
+smaller than 150 px, drops only that item into ``item_rejects`` (:class:`InterleavedImageFilter`).
+:class:`InterleavedDocFilter` then applies the doc rules: 1-30 images, 10-2,000 words.
+:class:`FrequentImageUrlFilter` removes image items whose URL occurs in more than
+``max_image_url_repeats`` docs (counted over the whole corpus by
 :func:`mm1data.filters.count_image_urls`).
 """
 
@@ -24,7 +25,8 @@ import pyarrow as pa
 from PIL import Image
 
 from mm1data.config import ImageConfig, InterleavedConfig
-from mm1data.stages import Decision, Filter, Stage, live_mask, set_item_columns
+from mm1data.filters.obelics import obelics_words
+from mm1data.stages import Decision, Filter, Stage, rewrite_items
 
 
 def judge_image(fmt: str | None, w: int, h: int, cfg: ImageConfig) -> tuple[str, float, str] | None:
@@ -101,44 +103,55 @@ class ImageFilter(Filter):
 def _rewrite_items(table: pa.Table, stage: str, judge) -> pa.Table:
     """Drop the image items of live interleaved docs for which ``judge(item)`` returns
     ``(reason, score, detail)``, appending those to ``item_rejects``."""
-    live = live_mask(table)
-    items_col = table.column("items").to_pylist()
-    rejects_col = table.column("item_rejects").to_pylist()
-    changed = False
-    for i in np.flatnonzero(live):
-        kept, rejects = [], list(rejects_col[i] or [])
-        for item in items_col[i] or []:
-            verdict = judge(item) if item["kind"] == "image" else None
-            if verdict is None:
-                kept.append(item)
-            else:
-                reason, score, detail = verdict
-                where = f"position {item.get('position')}: {item.get('url') or ''}"
-                rejects.append(
-                    {"stage": stage, "reason": reason, "detail": f"{where} {detail}"[:300], "score": score}
-                )
-        if len(kept) != len(items_col[i] or []):
-            items_col[i], rejects_col[i], changed = kept, rejects, True
-    return set_item_columns(table, items_col, rejects_col) if changed else table
+
+    def rewrite(item: dict) -> tuple[dict | None, list[dict]]:
+        verdict = judge(item) if item["kind"] == "image" else None
+        if verdict is None:
+            return item, []
+        reason, score, detail = verdict
+        where = f"position {item.get('position')}: {item.get('url') or ''}"
+        return None, [{"stage": stage, "reason": reason, "detail": f"{where} {detail}"[:300], "score": score}]
+
+    return rewrite_items(table, rewrite)
+
+
+def check_rendered(item: dict, cfg: InterleavedConfig) -> tuple[str, float, str] | None:
+    """``(reason, score, detail)`` when an image item's rendered size (its ``<img width/height>``)
+    is outside OBELICS's bounds; None when fine or unknown."""
+    for side in ("rendered_width", "rendered_height"):
+        value = item.get(side)
+        if value is None:
+            continue
+        if cfg.min_rendered_side is not None and value < cfg.min_rendered_side:
+            return "image_rendered_too_small", float(value), f"{side} {value}"
+        if cfg.max_rendered_side is not None and value > cfg.max_rendered_side:
+            return "image_rendered_too_large", float(value), f"{side} {value}"
+    return None
 
 
 class InterleavedImageFilter(Stage):
-    """Remove bad image items from interleaved docs (into ``item_rejects``); the doc stays."""
+    """Remove bad image items from interleaved docs (into ``item_rejects``); the doc stays.
+    ``doc`` sets the rules that differ for images in web documents (aspect ratio, rendered size)."""
 
     name: ClassVar[str] = "image"
     streams: ClassVar[tuple[str, ...]] = ("interleaved",)
 
-    def __init__(self, cfg: ImageConfig | None = None) -> None:
+    def __init__(self, cfg: ImageConfig | None = None, doc: InterleavedConfig | None = None) -> None:
+        self.doc = doc or InterleavedConfig()
         self.cfg = cfg or ImageConfig()
+        if self.doc.max_image_aspect_ratio is not None:
+            self.cfg = dataclasses.replace(self.cfg, max_aspect_ratio=self.doc.max_image_aspect_ratio)
         Image.MAX_IMAGE_PIXELS = self.cfg.max_pixels
 
-    def __call__(self, table: pa.Table) -> pa.Table:
-        def judge(item: dict):
-            return image_verdict(
-                item["image"], item.get("format"), item.get("width"), item.get("height"), self.cfg
-            )
+    def judge(self, item: dict) -> tuple[str, float, str] | None:
+        """The first rule an image item fails, or None."""
+        verdict = image_verdict(
+            item["image"], item.get("format"), item.get("width"), item.get("height"), self.cfg
+        )
+        return verdict or check_rendered(item, self.doc)
 
-        return _rewrite_items(table, self.name, judge)
+    def __call__(self, table: pa.Table) -> pa.Table:
+        return _rewrite_items(table, self.name, self.judge)
 
 
 class FrequentImageUrlFilter(Stage):
@@ -159,7 +172,8 @@ class FrequentImageUrlFilter(Stage):
 
 
 class InterleavedDocFilter(Filter):
-    """Doc rules after image removal: ``min_images``..``max_images`` images, ``min_text_words``."""
+    """Doc rules after image and paragraph removal: ``min_images``..``max_images`` images,
+    ``min_text_words``..``max_text_words`` words (counted as OBELICS does)."""
 
     name: ClassVar[str] = "interleaved_doc"
     streams: ClassVar[tuple[str, ...]] = ("interleaved",)
@@ -180,7 +194,7 @@ class InterleavedDocFilter(Filter):
         n_words = np.zeros(live.num_rows, dtype=np.int64)
         for p, t in zip(parents, texts, strict=False):
             if t:
-                n_words[p] += len(t.split())
+                n_words[p] += len(obelics_words(t))
         c = self.cfg
         verdicts: list[tuple[str, float] | None] = []
         for k, w in zip(n_images, n_words, strict=True):
@@ -190,6 +204,8 @@ class InterleavedDocFilter(Filter):
                 verdicts.append(("too_many_images", float(k)))
             elif w < c.min_text_words:
                 verdicts.append(("too_little_text", float(w)))
+            elif c.max_text_words is not None and w > c.max_text_words:
+                verdicts.append(("too_much_text", float(w)))
             else:
                 verdicts.append(None)
         reason = [v and v[0] for v in verdicts]

@@ -13,7 +13,7 @@ import pyarrow as pa
 
 from mm1data.config import IngestConfig, SourceSpec
 from mm1data.errors import UsageError
-from mm1data.ingest import captions, interleaved, synthetic, text
+from mm1data.ingest import captions, interleaved, synthetic, text, warc
 from mm1data.ingest.base import Unit, expand_paths
 
 Reader = Callable[[Unit, IngestConfig], Iterator[pa.Table]]
@@ -26,6 +26,7 @@ READERS: dict[tuple[str, str], Reader] = {
     ("interleaved", "mmc4"): interleaved.read_mmc4,
     ("interleaved", "obelics"): interleaved.read_obelics,
     ("interleaved", "zim"): interleaved.read_zim,
+    ("interleaved", "warc"): warc.read_warc,
     ("text", "jsonl"): text.read_jsonl,
     ("text", "parquet"): text.read_parquet_text,
     ("synthetic_caption", "jsonl"): synthetic.read_synthetic,
@@ -39,6 +40,9 @@ EXTENSIONS: dict[str, dict[str, str]] = {
         ".jsonl.zst": "mmc4",
         ".parquet": "obelics",
         ".zim": "zim",
+        ".warc": "warc",
+        ".warc.gz": "warc",
+        ".warc.zst": "warc",
     },
     "text": {
         ".jsonl": "jsonl",
