@@ -172,6 +172,7 @@ def dedup_cmd(input_dir: str, output: str, config: str | None) -> None:
 @click.option("--seed", type=int, default=None, help="Caption choice, selection and order seed.")
 @click.option("--pack-mode", type=click.Choice(["mixed", "per-stream"]), default=None)
 @click.option("--tokenizer", default=None, help="tokenizer.json (default: the bundled GPT-2 one).")
+@click.option("--seq-len", type=int, default=None, help="Tokens per packed sequence (default 4096).")
 @click.option("--shard-size", type=int, default=None, help="Sequences per shard (at most).")
 @click.option("--workers", type=int, default=None, help="Ray workers for tokenize and write.")
 @click.option("--restart", is_flag=True, help="Ignore the checkpoints of an earlier run; start over.")
@@ -190,7 +191,17 @@ def build(output: str, quiet: bool, restart: bool, log_json: bool, **kw: Any) ->
     from mm1data.config import BuildConfig, from_dict
     from mm1data.report import StageLog, print_build_summary
 
-    names = ("mix", "mix_unit", "upsample", "seed", "pack_mode", "tokenizer", "shard_size", "workers")
+    names = (
+        "mix",
+        "mix_unit",
+        "upsample",
+        "seed",
+        "pack_mode",
+        "tokenizer",
+        "seq_len",
+        "shard_size",
+        "workers",
+    )
     given = {k: kw.pop(k) for k in names}
     recipe = recipe_from_options(**kw)
     given = {k: v for k, v in given.items() if v is not None}
