@@ -9,8 +9,8 @@ size that divides ``G``: nothing is seen twice and nothing is skipped.
 
 Samples are read by random access: each shard's tar is memory-mapped and indexed once (member
 offsets from the headers), a sample's members are zero-copy views of it, and a micro-batch's JPEGs
-are decoded straight into one preallocated image array. ``s3://`` (or any fsspec URL) shards are
-first copied whole into a local cache checked against the manifest's sha256.
+are decoded by libjpeg-turbo straight into one preallocated image array. ``s3://`` (or any fsspec
+URL) shards are first copied whole into a local cache checked against the manifest's sha256.
 """
 
 from __future__ import annotations
@@ -31,8 +31,8 @@ from typing import Any
 
 import fsspec
 import numpy as np
+import simplejpeg
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from mm1data.errors import UsageError
@@ -196,13 +196,13 @@ def load_npy(data: bytes | memoryview, dtype: type, length: int) -> np.ndarray:
 def decode_jpeg_into(data: bytes | memoryview, out: np.ndarray) -> None:
     """Decode a JPEG straight into ``out`` (uint8 [S, S, 3], e.g. one image of a batch).
 
-    Pillow decodes into its own 4-byte pixels and packs them to RGB once; that block is copied into
-    ``out``, so a batch is built without per-image arrays or a stacking copy."""
-    with Image.open(io.BytesIO(data)) as im:
-        if im.size != (out.shape[1], out.shape[0]):
-            raise ValueError(f"image is {im.width}x{im.height}, expected {out.shape[1]}x{out.shape[0]}")
-        rgb = im if im.mode == "RGB" else im.convert("RGB")
-        out.reshape(-1)[:] = np.frombuffer(rgb.tobytes(), np.uint8)
+    libjpeg-turbo (through simplejpeg) writes RGB pixels into ``out`` itself: no intermediate image,
+    no copy. Grayscale becomes RGB. The pixels are the ones Pillow decodes (same library, accurate
+    DCT and upsampling); ``benchmarks/train.py`` measures the two side by side."""
+    height, width, _, _ = simplejpeg.decode_jpeg_header(data)
+    if (width, height) != (out.shape[1], out.shape[0]):
+        raise ValueError(f"image is {width}x{height}, expected {out.shape[1]}x{out.shape[0]}")
+    simplejpeg.decode_jpeg(data, "RGB", buffer=out)
 
 
 class ShardReader:
@@ -263,10 +263,13 @@ def collate(samples: list[dict[str, Any]], streams: tuple[str, ...], size: int) 
         for ex in s["meta"]["examples"]:
             stream_ids[b, ex["span"][0] : ex["span"][1]] = streams.index(ex["stream"])
         image_index += [b * T + im["slot_start"] for im in s["meta"]["images"]]
-    jpegs = [j for s in samples for j in s["jpegs"]]
+    jpegs = [(s["key"], i, j) for s in samples for i, j in enumerate(s["jpegs"])]
     images = np.empty((len(jpegs), size, size, 3), np.uint8)
-    for jpeg, out in zip(jpegs, images, strict=True):
-        decode_jpeg_into(jpeg, out)
+    for (key, i, jpeg), out in zip(jpegs, images, strict=True):
+        try:
+            decode_jpeg_into(jpeg, out)
+        except ValueError as e:
+            raise ValueError(f"{key} img{i:03d}.jpg: {e}") from e
     return {
         "tokens": torch.from_numpy(np.stack([s["tokens"] for s in samples], dtype=np.int64)),
         "segment_ids": torch.from_numpy(np.stack([s["segment_ids"] for s in samples])),
