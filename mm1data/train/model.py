@@ -25,7 +25,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from mm1data.errors import UsageError
 
@@ -61,7 +60,7 @@ class ModelConfig:
     attention: str = "auto"
     # target tokens per block of logits in the loss (the [targets, vocab] logits are recomputed
     # block by block in the backward pass); 0: all at once, memory grows with targets × vocab
-    loss_chunk: int = 1024
+    loss_chunk: int = 256
 
     @property
     def head_dim(self) -> int:
@@ -393,7 +392,7 @@ class VisionTransformer(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """images uint8 [N, H, W, 3] → features [N, grid², width]."""
-        x = (images.permute(0, 3, 1, 2).to(self.mean.dtype) / 255.0 - self.mean) / self.std
+        x = images.permute(0, 3, 1, 2).to(self.mean.dtype).div_(255.0).sub_(self.mean).div_(self.std)
         x = self.conv1(x.to(self.conv1.weight.dtype)).flatten(2).transpose(1, 2)
         cls = self.class_embedding.expand(x.shape[0], 1, -1).to(x.dtype)
         x = self.ln_pre(torch.cat([cls, x], dim=1) + self.positional_embedding.to(x.dtype))
@@ -625,6 +624,55 @@ def target_mask(loss_mask: torch.Tensor, segment_ids: torch.Tensor) -> torch.Ten
     return loss_mask[:, 1:].bool() & (seg[:, 1:] == seg[:, :-1]) & (seg[:, 1:] > 0)
 
 
+class ChunkedCrossEntropy(torch.autograd.Function):
+    """Σ cross-entropy + z·Σ logsumexp² of ``targets`` under the head ``weight``, ``chunk`` targets at a time.
+
+    The gradient is worked out in the forward pass, block by block ((1 + 2z·lse)·softmax − onehot,
+    then through the head's matmul), so no [targets, vocab] block outlives its turn: memory is
+    O(chunk × vocab), and each block is one matmul, one log-softmax and two gradient matmuls (the
+    autograd path keeps every logit and walks them twice more). Under autocast the matmuls run in
+    its dtype, like ``F.linear``; the weight's gradient is accumulated in float32."""
+
+    @staticmethod
+    def forward(  # noqa: D102 - see the class
+        ctx: Any, h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, z_loss: float, chunk: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        device = h.device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else h.dtype
+        grads = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        n = len(targets)
+        ce = torch.empty(n, dtype=torch.float32, device=h.device)
+        lse = torch.empty_like(ce)
+        grad_h = torch.empty(h.shape, dtype=dtype, device=h.device) if grads else None
+        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=h.device) if grads else None
+        with torch.autocast(device, enabled=False):
+            w = weight.to(dtype)
+            for i in range(0, n, chunk):
+                x, t = h[i : i + chunk].to(dtype), targets[i : i + chunk, None]
+                logits = F.linear(x, w).float()
+                logp = torch.log_softmax(logits, dim=-1)
+                ce[i : i + chunk] = -logp.gather(1, t).squeeze(1)
+                lse[i : i + chunk] = logits.gather(1, t).squeeze(1) + ce[i : i + chunk]
+                del logits
+                if grads:
+                    g = logp.exp_()  # softmax, in place
+                    if z_loss:
+                        g.mul_(1 + 2 * z_loss * lse[i : i + chunk, None])
+                    g.scatter_add_(1, t, torch.full_like(t, -1, dtype=g.dtype))
+                    g = g.to(dtype)
+                    grad_h[i : i + chunk] = g @ w
+                    grad_w.add_(g.t() @ x)
+        ctx.save_for_backward(grad_h, grad_w)
+        ctx.mark_non_differentiable(ce, lse)
+        loss = ce.sum() + z_loss * (lse**2).sum() if z_loss else ce.sum()
+        return loss, ce, lse
+
+    @staticmethod
+    def backward(ctx: Any, grad_loss: torch.Tensor, *_: Any) -> tuple:  # noqa: D102
+        grad_h, grad_w = ctx.saved_tensors
+        return grad_h * grad_loss.to(grad_h.dtype), grad_w * grad_loss, None, None, None
+
+
 def next_token_losses(
     model: MM1, h: torch.Tensor, batch: dict[str, torch.Tensor], z_loss: float = 0.0
 ) -> dict[str, torch.Tensor]:
@@ -632,32 +680,24 @@ def next_token_losses(
 
     Position t predicts token t+1 when ``loss_mask[t+1]`` is set and both lie in the same example
     (a segment never predicts the next one's first token). Logits are computed only at those
-    positions, ``cfg.loss_chunk`` targets at a time, and recomputed block by block for the backward
-    pass, so no [targets, vocab] matrix is kept. Returns ``ce_sum``, ``z_sum`` (Σ logsumexp²,
-    weighted by ``z_loss`` in ``loss``), ``loss`` (ce_sum + z_loss·z_sum), per-target ``ce`` and
-    the targets' ``stream`` ids."""
+    positions, ``cfg.loss_chunk`` targets at a time (:class:`ChunkedCrossEntropy`; 0: all at once
+    through autograd, the reference). Returns ``loss`` (ce_sum + z_loss·z_sum, the one to
+    differentiate), ``ce_sum``, ``z_sum`` (Σ logsumexp²), per-target ``ce`` and the targets'
+    ``stream`` ids."""
     valid = target_mask(batch["loss_mask"], batch["segment_ids"])
     hidden, targets = h[:, :-1][valid], batch["tokens"][:, 1:][valid]
-
-    def logit_stats(x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = model.logits(x)
-        return torch.logsumexp(logits, dim=-1), logits.gather(1, t[:, None]).squeeze(1)
-
-    chunk = model.cfg.loss_chunk or max(1, len(targets))
-    recompute = torch.is_grad_enabled() and hidden.requires_grad and len(targets) > chunk
-    stats = [
-        checkpoint(logit_stats, hidden[i : i + chunk], targets[i : i + chunk], use_reentrant=False)
-        if recompute
-        else logit_stats(hidden[i : i + chunk], targets[i : i + chunk])
-        for i in range(0, max(1, len(targets)), chunk)
-    ]
-    lse, target_logit = (torch.cat(x) for x in zip(*stats, strict=True))
-    ce = lse - target_logit  # cross-entropy, sharing the logsumexp
-    z_sum = (lse**2).sum()
+    if model.cfg.loss_chunk:
+        w = model.tok_embeddings.weight if model.output is None else model.output.weight
+        loss, ce, lse = ChunkedCrossEntropy.apply(hidden, w, targets, z_loss, model.cfg.loss_chunk)
+    else:
+        logits = model.logits(hidden)
+        lse = torch.logsumexp(logits, dim=-1)
+        ce = lse - logits.gather(1, targets[:, None]).squeeze(1)  # cross-entropy, sharing the logsumexp
+        loss = ce.sum() + z_loss * (lse**2).sum() if z_loss else ce.sum()
     return {
         "ce": ce.detach(),
         "stream": batch["stream_ids"][:, 1:][valid],
         "ce_sum": ce.sum(),
-        "z_sum": z_sum,
-        "loss": ce.sum() + z_loss * z_sum if z_loss else ce.sum(),
+        "z_sum": (lse**2).sum(),
+        "loss": loss,
     }
