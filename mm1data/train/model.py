@@ -25,6 +25,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from mm1data.errors import UsageError
 
@@ -390,10 +391,18 @@ class VisionTransformer(nn.Module):
         self.register_buffer("mean", torch.tensor(CLIP_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(CLIP_STD).view(1, 3, 1, 1), persistent=False)
 
+    def patch_embed(self, images: torch.Tensor) -> torch.Tensor:
+        """images uint8 [N, H, W, 3] → normalized → patch embeddings [N, grid², width]."""
+        x = images.permute(0, 3, 1, 2).to(self.mean.dtype).div_(255.0).sub_(self.mean).div_(self.std)
+        return self.conv1(x.to(self.conv1.weight.dtype)).flatten(2).transpose(1, 2)
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """images uint8 [N, H, W, 3] → features [N, grid², width]."""
-        x = images.permute(0, 3, 1, 2).to(self.mean.dtype).div_(255.0).sub_(self.mean).div_(self.std)
-        x = self.conv1(x.to(self.conv1.weight.dtype)).flatten(2).transpose(1, 2)
+        if torch.is_grad_enabled() and self.conv1.weight.requires_grad:
+            # the float images (4× the uint8 ones) are rebuilt in the backward pass, not kept for it
+            x = checkpoint(self.patch_embed, images, use_reentrant=False)
+        else:
+            x = self.patch_embed(images)
         cls = self.class_embedding.expand(x.shape[0], 1, -1).to(x.dtype)
         x = self.ln_pre(torch.cat([cls, x], dim=1) + self.positional_embedding.to(x.dtype))
         for block in self.transformer.resblocks:
