@@ -360,6 +360,22 @@ def best_of(rounds: int, loaders: dict, data: str, n: int) -> dict[str, tuple[fl
     return best
 
 
+def time_index(data: str, rounds: int) -> tuple[float, float, int]:
+    """CPU seconds per tar member to index the shards: the header walk, ``tarfile``; the member count."""
+    urls = [s.url for s in open_dataset(data).shards]
+    walked = [train_data.index_tar(u) for u in urls]
+    assert walked == [train_data.index_tar_with_tarfile(u) for u in urls]
+    members = sum(len(m) for index in walked for _, m in index)
+    best: dict[Callable, float] = {}
+    for _ in range(rounds):
+        for fn in (train_data.index_tar, train_data.index_tar_with_tarfile):
+            t0 = time.process_time()
+            for u in urls:
+                fn(u)
+            best[fn] = min(best.get(fn, float("inf")), time.process_time() - t0)
+    return best[train_data.index_tar] / members, best[train_data.index_tar_with_tarfile] / members, members
+
+
 def h100_arithmetic(data: str) -> tuple[float, float, float]:
     """(FLOPs per sequence at mm1-1b, sequences/s one H100 consumes at 40 % MFU, images per sequence)."""
     ds = open_dataset(data)
@@ -468,6 +484,12 @@ def main() -> None:
         if n == ds.sequences:  # a whole epoch: every loader decoded every image once
             assert len({best[k][1] for k in loaders}) == 1, {k: best[k][1] for k in loaders}
         print_loaders(best, n, args.rounds, data)
+        walk, with_tarfile, members = time_index(data, args.rounds)
+        print(
+            f"shard index (every loader worker indexes every shard it reads), {members} members: "
+            f"header walk {walk * 1e6:.1f} µs/member, tarfile {with_tarfile * 1e6:.1f} µs/member "
+            f"({with_tarfile / walk:.1f}×)"
+        )
     print("GPU: not measured here; see benchmarks/gpu_check.py.")
 
 

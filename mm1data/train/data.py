@@ -44,6 +44,7 @@ ARRAYS = {
     "positions.npy": np.int32,
     "loss_mask.npy": np.uint8,
 }
+EMPTY_BLOCK = bytes(512)
 KEY_EXT = re.compile(r"^((?:.*/|)[^./]+)\.([^/]*)$")  # webdataset's rule: key = path up to the first dot
 
 
@@ -171,7 +172,41 @@ def local_copy(shard: Shard) -> str:
 
 
 def index_tar(path: str) -> list[tuple[str, dict[str, tuple[int, int]]]]:
-    """The samples of a tar in order: (key, {extension: (data offset, size)})."""
+    """The samples of a tar in order: (key, {extension: (data offset, size)}).
+
+    Walks the file's 512-byte ustar headers (checksums checked): several times faster than
+    ``tarfile`` (``benchmarks/train.py``), which matters because every loader worker indexes every
+    shard it reads. A tar with other header kinds (pax extended headers, GNU long names, links,
+    base-256 sizes) is indexed by :func:`index_tar_with_tarfile` instead."""
+    samples: list[tuple[str, dict[str, tuple[int, int]]]] = []
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        at = 0
+        while at + 512 <= len(data):
+            header = data[at : at + 512]
+            if header == EMPTY_BLOCK:  # end of archive
+                break
+            if int(header[148:156].rstrip(b"\0 ") or b"0", 8) != sum(header) - sum(header[148:156]) + 256:
+                raise ValueError(f"{path}: bad tar header checksum at byte {at}")
+            kind, size_field = header[156:157], header[124:136]
+            if kind not in (b"0", b"\0", b"5") or size_field[0] & 0x80:
+                return index_tar_with_tarfile(path)
+            name = header[:100].split(b"\0", 1)[0]
+            if header[257:263] == b"ustar\0" and header[345]:  # POSIX name prefix
+                name = header[345:500].split(b"\0", 1)[0] + b"/" + name
+            size = int(size_field.rstrip(b"\0 ") or b"0", 8)
+            at += 512
+            m = KEY_EXT.match(name.decode("utf-8", "surrogateescape")) if kind != b"5" else None
+            if m is not None:
+                key, ext = m.groups()
+                if not samples or samples[-1][0] != key:
+                    samples.append((key, {}))
+                samples[-1][1][ext] = (at, size)
+            at += -(-size // 512) * 512
+    return samples
+
+
+def index_tar_with_tarfile(path: str) -> list[tuple[str, dict[str, tuple[int, int]]]]:
+    """:func:`index_tar` through ``tarfile`` (any tar format)."""
     samples: list[tuple[str, dict[str, tuple[int, int]]]] = []
     with tarfile.open(path, mode="r:") as tar:
         for info in tar:
