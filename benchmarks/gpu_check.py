@@ -250,20 +250,11 @@ def fitting_run(data: str, steps: int, workers: int, compiled: bool, start: tupl
 
 def default_data() -> str:
     """Default-shaped shards (4,096 tokens, 378², ≤ 16 images) from the shared real data."""
-    from shards_helper import write_packed_dataset
+    from shards_helper import write_default_shaped
 
     out = Path(tempfile.mkdtemp(prefix="mm1data-gpu-check-"))
     shared = Path(os.environ.get("MM1DATA_SHARED_DATA", REPO.parent / "shared" / "data-candidates"))
-    write_packed_dataset(
-        out / "ds",
-        shared,
-        seq_len=4096,
-        image_size=378,
-        image_tokens=144,
-        max_images=16,
-        n_shards=2,
-        seqs_per_shard=32,
-    )
+    write_default_shaped(out / "ds", shared)
     return str(out / "ds")
 
 

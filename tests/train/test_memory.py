@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from shards_helper import write_packed_dataset
+from shards_helper import write_default_shaped
 
 SEQ_LEN = 4096
 CAP = 2 * 2**30  # address space of the training process: the issue's goal for peak RSS
@@ -60,16 +60,8 @@ print(json.dumps({"loss": [r["loss"] for r in records], "largest": guard.largest
 @pytest.fixture(scope="module")
 def default_shaped(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> Path:
     """Two packed sequences in the default build's shapes: 4,096 tokens, 378² JPEGs, ≤ 16 images."""
-    return write_packed_dataset(
-        tmp_path_factory.mktemp("default-shaped"),
-        shared_data,
-        seq_len=SEQ_LEN,
-        image_size=378,
-        image_tokens=144,
-        max_images=16,
-        n_shards=1,
-        seqs_per_shard=2,
-    )
+    out = tmp_path_factory.mktemp("default-shaped")
+    return write_default_shaped(out, shared_data, n_shards=1, seqs_per_shard=2)
 
 
 def _train_capped(data: Path, overrides: dict) -> subprocess.CompletedProcess:
