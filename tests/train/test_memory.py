@@ -1,6 +1,6 @@
 """Default-shaped batches (4,096 tokens, 378² images) train in bounded memory: nothing T×T is ever made.
 
-Each run is a fresh process under ``RLIMIT_AS`` that trains ``tiny`` for two steps of two sequences
+Each run is a fresh process under ``RLIMIT_AS`` that trains ``tiny`` for two steps of one 4,096-token sequence
 while a dispatch mode fails any op whose output holds T×T elements or more (a [B, 1, T, T] mask,
 [B, H, T, T] scores). The dense reference path must trip it: the guard has teeth.
 """
@@ -48,7 +48,7 @@ class NoSquare(TorchDispatchMode):
 
 
 torch.set_num_threads(1)
-cfg = TrainConfig(data=data, model="tiny", steps=2, batch_size=2, num_workers=0, log_every=0,
+cfg = TrainConfig(data=data, model="tiny", steps=2, batch_size=1, num_workers=0, log_every=0,
                   print_every=0, model_overrides=overrides)
 with NoSquare() as guard:
     records = train(cfg)
