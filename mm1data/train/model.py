@@ -643,9 +643,10 @@ class ChunkedCrossEntropy(torch.autograd.Function):
     its dtype, like ``F.linear``; the weight's gradient is accumulated in float32."""
 
     @staticmethod
-    def forward(  # noqa: D102 - see the class
+    def forward(
         ctx: Any, h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, z_loss: float, chunk: int
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(loss, per-target CE, per-target logsumexp) of hidden states h [n, dim] and targets [n]."""
         device = h.device.type
         dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else h.dtype
         grads = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
@@ -677,7 +678,8 @@ class ChunkedCrossEntropy(torch.autograd.Function):
         return loss, ce, lse
 
     @staticmethod
-    def backward(ctx: Any, grad_loss: torch.Tensor, *_: Any) -> tuple:  # noqa: D102
+    def backward(ctx: Any, grad_loss: torch.Tensor, *_: Any) -> tuple:
+        """The gradients worked out in the forward pass, scaled by the loss's incoming gradient."""
         grad_h, grad_w = ctx.saved_tensors
         return grad_h * grad_loss.to(grad_h.dtype), grad_w * grad_loss, None, None, None
 

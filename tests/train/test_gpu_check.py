@@ -5,7 +5,9 @@ from __future__ import annotations
 import importlib.util
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
@@ -16,7 +18,7 @@ SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_check.py"
 
 
 @pytest.fixture(scope="module")
-def gpu_check():  # noqa: ANN201 - the script as a module
+def gpu_check() -> Iterator[ModuleType]:
     spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
     module = importlib.util.module_from_spec(spec)
     sys.modules["gpu_check"] = module  # its dataclasses look their module up
@@ -25,7 +27,7 @@ def gpu_check():  # noqa: ANN201 - the script as a module
     del sys.modules["gpu_check"]
 
 
-def test_per_segment_attention_matches_the_dense_mask_reference(gpu_check, packed_dataset: Path) -> None:  # noqa: ANN001
+def test_segment_attention_equals_the_dense_reference(gpu_check: ModuleType, packed_dataset: Path) -> None:
     checks = gpu_check.equality_checks(open_dataset(str(packed_dataset)), torch.device("cpu"), batch_size=4)
     assert [c.ok for c in checks] == [True] * 4, [(c.what, c.value, c.limit) for c in checks]
     loss, ce, grads, control = checks
@@ -33,7 +35,7 @@ def test_per_segment_attention_matches_the_dense_mask_reference(gpu_check, packe
     assert control.above and control.value > 1.0  # a leak moves a target's loss by nats, not by 1e-4
 
 
-def test_the_checks_fail_when_the_paths_differ(gpu_check, packed_dataset: Path) -> None:  # noqa: ANN001
+def test_the_checks_fail_when_the_paths_differ(gpu_check: ModuleType, packed_dataset: Path) -> None:
     ds = open_dataset(str(packed_dataset))
     model = gpu_check.check_model(ds, torch.device("cpu"))
     batch = gpu_check.check_batch(ds, 4, torch.device("cpu"))
