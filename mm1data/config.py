@@ -370,7 +370,7 @@ class BuildConfig:
     pack_window: int = 0
     synthetic_ratio: float | None = None
     workers: int | None = None  # Ray workers for tokenize and write (None: the CPUs Ray has)
-    plan_partitions: int | None = None  # None: one per ~200k examples (pack/phase.py)
+    plan_partitions: int | None = None  # None: one per ~100k examples (pack/phase.py)
 
     def __post_init__(self) -> None:
         slot = self.image_tokens + (2 if self.image_markers else 0)

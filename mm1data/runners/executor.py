@@ -44,7 +44,7 @@ from mm1data.schemas import REJECT, STREAMS
 
 STAT_STREAMS = (*STREAMS, "synthetic_caption")
 """Outputs whose rows are source records (or lines): stats.json counts read = kept + rejected."""
-REJECTS_PER_PART = 1_000_000
+REJECTS_PER_PART = 100_000
 """Reject rows per ``rejects/<folder>/part-NNNNN.parquet`` file (the part count grows with the data)."""
 
 
