@@ -457,7 +457,13 @@ def child_global(n: int, out: Path) -> dict:
             write_manifest(f, header, entries(rows, target))
         timings["manifest"] = time.perf_counter() - t
         rss["manifest"] = _rss_mib()
-    return {"timings": timings, "edges": n_edges, "removed": n_removed, "plan_partitions": parts, "driver_rss": rss}
+    return {
+        "timings": timings,
+        "edges": n_edges,
+        "removed": n_removed,
+        "plan_partitions": parts,
+        "driver_rss": rss,
+    }
 
 
 def _rss_mib() -> float:
@@ -473,7 +479,10 @@ def tier_b(sizes: list[int], work: Path) -> None:
         out.mkdir(parents=True)
         res = run_child(["global", str(n), str(out)])
         rows.append((n, res))
-        print(f"tier B {n}: {sum(res['timings'].values()):.0f} s; driver RSS after each: {res['driver_rss']}", file=sys.stderr)
+        print(
+            f"tier B {n}: {sum(res['timings'].values()):.0f} s; driver RSS after each: {res['driver_rss']}",
+            file=sys.stderr,
+        )
         shutil.rmtree(out, ignore_errors=True)
     print_table("B", rows, ["plan+pack", "dedup components", "rejects", "manifest"])
 
