@@ -18,50 +18,89 @@ from typing import Any
 from mm1data import __version__
 from mm1data.build import RUN_ONLY, build_phases
 from mm1data.config import Recipe, SampleConfig, to_dict
+from mm1data.errors import UsageError
 from mm1data.ingest import plan as plan_units
 from mm1data.ingest.job import SOURCE_FIELDS, IngestPhase
 from mm1data.ingest.sample import NOT_SAMPLED
 from mm1data.io.fs import fsspec_fs
-from mm1data.plan.measure import DUPLICATE_REASONS, CpuMeter, MeasurePhase, MeteredLog, record_stream
+from mm1data.pack.phase import PLACEMENT, PlanPhase
+from mm1data.plan.measure import (
+    DUPLICATE_REASONS,
+    CpuMeter,
+    MeasurePhase,
+    MeteredLog,
+    record_stream,
+    warm_up_workers,
+)
 from mm1data.plan.project import project, wilson, z_of
-from mm1data.runners.executor import Executor, Phase
+from mm1data.runners.executor import Context, Data, Executor, Phase
 from mm1data.shards.phase import WritePhase
+
+
+class SamplePlanPhase(PlanPhase):
+    """The build's plan phase, on a sample that may lack a stream of the mix (a small sample of
+    a scarce stream): then it places nothing and says why, and the projection goes on."""
+
+    def run(self, data: Data, ctx: Context) -> dict[str, Any]:
+        try:
+            return super().run(data, ctx)
+        except UsageError as e:
+            import ray.data
+
+            ctx.info[self.name] = {"partitions": 0, "sums": {}, "unplanned": str(e)}
+            return {"placements": ray.data.from_arrow(PLACEMENT.empty_table())}
 
 
 def plan_phases(recipe: Recipe) -> list[Phase]:
     """The build's phases without the write phase, ingest sampling, then the measure phase."""
-    phases = [p for p in build_phases(recipe) if not isinstance(p, WritePhase)]
-    ingest = phases[0]
-    assert isinstance(ingest, IngestPhase)
     sample = SampleConfig(recipe.plan.sample, recipe.plan.sample_seed)
-    phases[0] = IngestPhase(ingest.sources, ingest.cfg, ingest.units, sample)
+    phases: list[Phase] = []
+    for phase in build_phases(recipe):
+        if isinstance(phase, IngestPhase):
+            phase = IngestPhase(phase.sources, phase.cfg, phase.units, sample)
+        elif isinstance(phase, PlanPhase):
+            phase = SamplePlanPhase(phase.cfg)
+        elif isinstance(phase, WritePhase):
+            continue
+        phases.append(phase)
     return [*phases, MeasurePhase()]
 
 
 def run_plan(recipe: Recipe, output: str, quiet: bool = True, json_lines: bool = False) -> dict:
     """Run the sample through the phases into ``output`` and return (and write) ``plan.json``."""
+    from mm1data.runners.ray_session import ray_session
+
     cfg = recipe.plan
     phases = plan_phases(recipe)
-    meter = CpuMeter().start()
-    log = MeteredLog(meter, quiet=quiet, json_lines=json_lines)
-    try:
-        executor = Executor(output, recipe.ray.address, recipe.ray.num_cpus, log, restart=True)
-        stats = executor.run(phases, base=to_dict(recipe.sources)).stats
-    finally:
-        meter.stop()
+    with ray_session(recipe.ray.address, recipe.ray.num_cpus, quiet=quiet or json_lines):
+        import ray
+
+        warm_up_workers(int(ray.cluster_resources().get("CPU", 1)))
+        meter = CpuMeter().start()
+        log = MeteredLog(meter, quiet=quiet, json_lines=json_lines)
+        try:
+            executor = Executor(output, recipe.ray.address, recipe.ray.num_cpus, log, restart=True)
+            stats = executor.run(phases, base=to_dict(recipe.sources)).stats
+        finally:
+            meter.stop()
     cores = cfg.cores_per_node or os.cpu_count() or 1
     if recipe.ray.address:
         cpus = stats["measure"]["cluster_cpus"]
         cpu_s = {k: v * cpus for k, v in stats["timings_s"].items()}
+        driver_s = dict.fromkeys(cpu_s, 0.0)
         method = (
-            f"wall seconds × the {cpus} CPUs of the joined cluster "
+            f"wall seconds × the {cpus} CPUs of the joined cluster, all scaled with the records "
             "(an upper bound: the CPU time of remote workers is not read)"
         )
     else:
-        cpu_s = log.cpu_s
-        method = "CPU seconds (user + system) of the driver and its Ray worker processes, sampled every 0.2 s"
+        cpu_s = log.worker_cpu_s
+        driver_s = {k: round(v - log.worker_cpu_s.get(k, 0.0), 3) for k, v in log.cpu_s.items()}
+        method = (
+            "CPU seconds (user + system) of the Ray worker processes, sampled every 0.2 s, scaled with "
+            "the records; the driver's (Ray Data scheduling, counts) added unscaled"
+        )
     build = dataclasses.replace(recipe.build, **{k: None for k in RUN_ONLY})
-    projection = project(stats, cpu_s, build, cfg, cores, method)
+    projection = project(stats, cpu_s, build, cfg, cores, method, driver_s)
     result = {
         "mm1data": __version__,
         "output": executor.output,
@@ -90,6 +129,7 @@ def _sample_packing(stats: dict) -> dict:
         "sequences": sum(v for k, v in sums.items() if k.startswith("gsequences/")),
         "shards": sums.get("shards/all", 0),
         "tokens": sum(v for k, v in sums.items() if k.startswith("tokens/")),
+        **({"unplanned": stats["plan"]["unplanned"]} if "unplanned" in stats.get("plan", {}) else {}),
     }
 
 

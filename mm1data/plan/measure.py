@@ -21,6 +21,7 @@ phase ends, so each phase gets the CPU seconds spent while it ran.
 
 from __future__ import annotations
 
+import functools
 import threading
 from typing import Any
 
@@ -261,8 +262,9 @@ def _is_worker(proc: Any) -> bool:
 
 
 class CpuMeter:
-    """CPU seconds (user + system) of this process and of the Ray workers under it, sampled in a
-    background thread so a worker that exits between phases still counts up to its last sample."""
+    """CPU seconds (user + system) of this process (the driver) and of the Ray workers under it,
+    sampled in a background thread so a worker that exits between phases still counts up to its
+    last sample."""
 
     def __init__(self, interval_s: float = 0.2) -> None:
         import psutil
@@ -273,23 +275,23 @@ class CpuMeter:
         self.lock = threading.Lock()
         self.stop_event = threading.Event()
         self.thread: threading.Thread | None = None
-        self.last = 0.0
+        self.last = (0.0, 0.0)
 
-    def sample(self) -> float:
-        """Sample every process now; returns the CPU seconds of all processes ever seen."""
-        procs = [self.me]
+    def sample(self) -> tuple[float, float]:
+        """Sample every process now; returns the CPU seconds of (the driver, all workers ever seen)."""
         try:
-            procs += [p for p in self.me.children(recursive=True) if _is_worker(p)]
+            workers = [p for p in self.me.children(recursive=True) if _is_worker(p)]
         except Exception:  # noqa: BLE001 - the tree changed while walking it
-            pass
+            workers = []
         with self.lock:
-            for p in procs:
+            for p in workers:
                 try:
                     t = p.cpu_times()
                     self.seen[(p.pid, p.create_time())] = t.user + t.system
                 except Exception:  # noqa: BLE001 - ended since
                     continue
-            return sum(self.seen.values())
+            t = self.me.cpu_times()
+            return t.user + t.system, sum(self.seen.values())
 
     def _loop(self) -> None:
         while not self.stop_event.wait(self.interval_s):
@@ -302,11 +304,12 @@ class CpuMeter:
         self.thread.start()
         return self
 
-    def lap(self) -> float:
-        """CPU seconds since the previous lap (or the start)."""
+    def lap(self) -> tuple[float, float]:
+        """CPU seconds of (the driver, the workers) since the previous lap (or the start)."""
         now = self.sample()
-        spent, self.last = now - self.last, now
-        return max(0.0, spent)
+        spent = (max(0.0, now[0] - self.last[0]), max(0.0, now[1] - self.last[1]))
+        self.last = now
+        return spent
 
     def stop(self) -> None:
         """Stop sampling."""
@@ -316,13 +319,41 @@ class CpuMeter:
 
 
 class MeteredLog(StageLog):
-    """A :class:`StageLog` that also records the CPU seconds of each stage as it ends."""
+    """A :class:`StageLog` that also records the CPU seconds of each stage as it ends: ``cpu_s``
+    (driver and workers) and ``worker_cpu_s`` (the workers', where records are processed)."""
 
     def __init__(self, meter: CpuMeter, quiet: bool = False, json_lines: bool = False) -> None:
         super().__init__(quiet=quiet, json_lines=json_lines)
         self.meter = meter
         self.cpu_s: dict[str, float] = {}
+        self.worker_cpu_s: dict[str, float] = {}
 
     def stage(self, name: str, seconds: float, **counts: object) -> None:
-        self.cpu_s[name] = round(self.meter.lap(), 3)
+        driver, workers = self.meter.lap()
+        self.cpu_s[name] = round(driver + workers, 3)
+        self.worker_cpu_s[name] = round(workers, 3)
         super().stage(name, seconds, **counts)
+
+
+@functools.cache
+def _warm_task():
+    import ray
+
+    @ray.remote
+    def warm() -> int:
+        import os
+
+        import mm1data.filters  # noqa: F401 - the imports every phase's tasks need
+        import mm1data.tokens.render  # noqa: F401
+
+        return os.getpid()
+
+    return warm
+
+
+def warm_up_workers(cpus: int) -> None:
+    """Start (and import mm1data in) a Ray worker per CPU, so the first phase's CPU time is not
+    Ray's start-up."""
+    import ray
+
+    ray.get([_warm_task().remote() for _ in range(max(1, cpus))])

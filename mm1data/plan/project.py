@@ -373,6 +373,15 @@ def needed(
     out: dict[str, Any] = {}
     used = packed["point"]["tokens_by_stream"]
     total = sum(used.values())
+    if not total:
+        none = dict.fromkeys(read)
+        return {
+            **{f"records_by_stream{x}": none for x in ("", "_low", "_high")},
+            "shortfall_by_stream": none,
+            "reachable_tokens": 0,
+            "reachable_sequences": 0,
+            "note": "nothing can be built from what the sample kept: no records per token to scale",
+        }
     for b in ("point", "low", "high"):
         avail = groups[{"point": "point", "low": "high", "high": "low"}[b]]
         records: dict[str, float] = {}
@@ -412,22 +421,26 @@ def cost(
     nodes: int,
     cores: int,
     method: str,
+    driver_s: dict[str, float] | None = None,
 ) -> dict[str, Any]:
-    """CPU-hours per phase at full size (CPU seconds per record in, measured on the sample, times
-    the records in at full size) and the wall time on ``nodes`` × ``cores``."""
+    """CPU-hours per phase at full size (the workers' CPU seconds per record in, measured on the
+    sample, times the records in at full size, plus the driver's as measured) and the wall time
+    on ``nodes`` × ``cores``."""
     phases = {}
     wall_h = 0.0
+    driver_s = driver_s or {}
     for ph in PHASES:
         if ph not in cpu_s:
             continue
         sample_in, full_in = work.get(ph, (0.0, 0.0))
-        cpu = cpu_s[ph]
-        full = cpu * (full_in / sample_in) if sample_in else cpu
+        cpu, driver = cpu_s[ph], driver_s.get(ph, 0.0)
+        full = (cpu * (full_in / sample_in) if sample_in else cpu) + driver
         parallel = min(nodes * cores, plan_partitions) if ph == "plan" else nodes * cores
         wall_h += full / max(1, parallel) / 3600
         phases[ph] = {
             "wall_s": round(wall_s.get(ph, 0.0), 3),
             "cpu_s": round(cpu, 3),
+            "driver_cpu_s": round(driver, 3),
             "records_in_sample": int(sample_in),
             "records_in_full": int(round(full_in)),
             "records_per_cpu_s": round(sample_in / cpu, 3) if cpu else None,
@@ -448,7 +461,13 @@ def cost(
 
 
 def project(
-    stats: dict, cpu_s: dict[str, float], cfg: BuildConfig, plan: PlanConfig, cores: int, method: str
+    stats: dict,
+    cpu_s: dict[str, float],
+    cfg: BuildConfig,
+    plan: PlanConfig,
+    cores: int,
+    method: str,
+    driver_s: dict[str, float] | None = None,
 ) -> dict:
     """The whole projection (``plan.json`` less the per-source table) from a sample run's stats."""
     z = z_of(plan.confidence)
@@ -527,7 +546,7 @@ def project(
         "projected": projected,
         "needed": None,
         "cost": cost(
-            cpu_s, stats["timings_s"], work, point.get("partitions") or 1, plan.nodes, cores, method
+            cpu_s, stats["timings_s"], work, point.get("partitions") or 1, plan.nodes, cores, method, driver_s
         ),
     }
     if budget is not None:
@@ -537,6 +556,23 @@ def project(
             **needed(budget, packed, groups, read),
         }
         out["needed"]["met"] = bool(point.get("tokens", 0) >= budget)
+        out["needed"] |= budget_cost(out["needed"], read, out["cost"])
+    return out
+
+
+def budget_cost(need: dict, read: dict[str, int], cost_: dict) -> dict[str, float | None]:
+    """CPU-hours and wall hours at the budget: the given corpus's, times the records the budget
+    needs over the records given (every phase's records in grow in proportion)."""
+    out: dict[str, float | None] = {}
+    given = sum(read.values())
+    for suffix in ("", "_low", "_high"):
+        records = need[f"records_by_stream{suffix}"]
+        if given and records and all(v is not None for v in records.values()):
+            ratio = sum(max(v, 0) for v in records.values()) / given
+            out[f"cpu_hours{suffix}"] = _num(cost_["cpu_hours"] * ratio)
+            out[f"wall_hours{suffix}"] = _num(cost_["wall_hours"] * ratio)
+        else:
+            out[f"cpu_hours{suffix}"] = out[f"wall_hours{suffix}"] = None
     return out
 
 

@@ -58,7 +58,7 @@ def print_plan_summary(plan: dict) -> None:
             **{f"{k} (items)": v for k, v in st["item_rejects_by_reason"].items()},
         }.items():
             click.echo(f"  {stream:<14}{reason:<48}{n:>8,}")
-    click.echo(f"\ndedup at full size ({plan['dedup']['assumption']}):")
+    click.echo(f"\ndedup at full size; assumption: {plan['dedup']['assumption']}")
     for rnd, r in plan["dedup"]["rounds"].items():
         c = r["sampled_clusters"]
         k = f", k̂ {r['cluster_size']}" if r.get("cluster_size") else ""
@@ -73,6 +73,8 @@ def print_plan_summary(plan: dict) -> None:
     click.echo(f"\npacked at full size (mix by {mix['unit']}, plan partitions: {p.get('plan_partitions')}):")
     if p.get("problem"):
         click.echo(f"  nothing can be built: {p['problem']}")
+    if s["packed"].get("unplanned"):
+        click.echo(f"  (the sample itself could not be planned: {s['packed']['unplanned']})")
     for g in mix["target"]:
         click.echo(
             f"  {g:<18} tokens {_n(p['tokens_by_stream'].get(g))} [{_n(p['tokens_by_stream_low'].get(g))}, "
@@ -88,25 +90,37 @@ def print_plan_summary(plan: dict) -> None:
     need = plan.get("needed")
     if need:
         click.echo(f"\nbudget {_n(need['budget_tokens'])} tokens" + (" (met)" if need["met"] else ":"))
+        if need.get("note"):
+            click.echo(f"  {need['note']}")
         for stream, n in need["records_by_stream"].items():
+            if n is None:
+                continue
             short = need["shortfall_by_stream"].get(stream) or 0
             have = plan["streams"][stream]["read"]
             lo, hi = need["records_by_stream_low"].get(stream), need["records_by_stream_high"].get(stream)
             gap = f"short by {_n(short)}" if short else "enough"
+            hi_s = _n(hi) if hi is not None else "no bound"
             click.echo(
-                f"  {stream:<14} needs {_n(n)} [{_n(lo)}, {_n(hi)}] source records, given {_n(have)}: {gap}"
+                f"  {stream:<14} needs {_n(n)} [{_n(lo)}, {hi_s}] source records, given {_n(have)}: {gap}"
             )
         click.echo(
             f"  largest budget without --upsample: {_n(need['reachable_tokens'])} tokens "
             f"({_n(need['reachable_sequences'])} sequences)"
         )
+        if need.get("cpu_hours") is not None:
+            c = plan["cost"]
+            click.echo(
+                f"  at the budget: {_n(need['cpu_hours'])} CPU-h, {_n(need['wall_hours'])} h on "
+                f"{c['nodes']} × {c['cores_per_node']} cores"
+            )
     c = plan["cost"]
     click.echo(f"\ncost at full size ({c['method']}):")
     for ph, r in c["phases"].items():
         rate = f"{_n(r['records_per_cpu_s'])} records/CPU-s" if r["records_per_cpu_s"] else "-"
         click.echo(
-            f"  {ph:<10} sample {r['cpu_s']:>8.1f} CPU-s ({r['wall_s']:.1f} s wall, {rate}) → "
-            f"{r['cpu_hours_full']:.4g} CPU-h for {_n(r['records_in_full'])} records"
+            f"  {ph:<10} sample: workers {r['cpu_s']:.1f} + driver {r['driver_cpu_s']:.1f} CPU-s "
+            f"({r['wall_s']:.1f} s wall, {rate}) → {r['cpu_hours_full']:.4g} CPU-h for "
+            f"{_n(r['records_in_full'])} records"
         )
     click.echo(
         f"  total {c['cpu_hours']:.4g} CPU-h; wall {c['wall_hours']:.4g} h on {c['nodes']} × "
