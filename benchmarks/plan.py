@@ -8,7 +8,7 @@ fraction and seed, all in one Ray session. For every quantity the table prints t
 each plan's projection with its error and interval (✓: the interval covers the actual value) and
 the by-hand extrapolation (the sample's own count / F). The last lines sum up over the seeds.
 
-    python benchmarks/plan.py [--fractions 0.1 0.3] [--seeds 0 1 2] [--work DIR]
+    python benchmarks/plan.py [--fractions 0.1 0.3] [--seeds 0 1 2 3 4] [--work DIR]
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ def fmt(v: float) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--fractions", type=float, nargs="+", default=[0.1, 0.3])
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     ap.add_argument("--work", default=None, help="Scratch folder (default: a temporary one).")
     args = ap.parse_args()
     import dataclasses
@@ -102,12 +102,20 @@ def main() -> None:
     summary(plans, actual, args.fractions, args.seeds)
     print(f"\nCPU seconds per phase: the full build (measured) and projected by each plan (seed {seed0})")
     phases = [p for p in ("ingest", "filter", "dedup", "tokenize", "plan") if p in cpu_full]
-    print(f"{'phase':<10}{'full':>10}" + "".join(f"{'F = ' + format(f, 'g'):>14}" for f in args.fractions))
+    head = "".join(f"{'F = ' + format(f, 'g'):>14}{'ratio':>7}" for f in args.fractions)
+    print(f"{'phase':<10}{'full':>10}{head}")
+    total = dict.fromkeys(args.fractions, 0.0)
     for ph in phases:
-        row = "".join(
-            f"{plans[f, seed0]['cost']['phases'][ph]['cpu_hours_full'] * 3600:>14.1f}" for f in args.fractions
-        )
+        row = ""
+        for f in args.fractions:
+            cpu = plans[f, seed0]["cost"]["phases"][ph]["cpu_hours_full"] * 3600
+            total[f] += cpu
+            row += f"{cpu:>14.1f}{cpu / cpu_full[ph]:>6.1f}x"
         print(f"{ph:<10}{cpu_full[ph]:>10.1f}{row}")
+    full = sum(cpu_full[ph] for ph in phases)
+    print(
+        f"{'total':<10}{full:>10.1f}" + "".join(f"{total[f]:>14.1f}{total[f] / full:>6.1f}x" for f in total)
+    )
 
 
 def covers(lo: float, hi: float, a: float) -> bool:

@@ -91,4 +91,5 @@ def naive_values(plan: dict) -> dict[str, float]:
     f = plan["sample"]["fraction"]
     out = {f"kept records/{s}": st["kept"] / f for s, st in plan["streams"].items()}
     packed = plan["sample"]["packed"]
+    out |= {f"tokens/{s}": n / f for s, n in packed.get("tokens_by_stream", {}).items()}
     return out | {"sequences": packed["sequences"] / f, "shards": packed["shards"] / f}

@@ -129,6 +129,7 @@ def _sample_packing(stats: dict) -> dict:
         "sequences": sum(v for k, v in sums.items() if k.startswith("gsequences/")),
         "shards": sums.get("shards/all", 0),
         "tokens": sum(v for k, v in sums.items() if k.startswith("tokens/")),
+        "tokens_by_stream": {k.split("/", 1)[1]: v for k, v in sums.items() if k.startswith("tokens/")},
         **({"unplanned": stats["plan"]["unplanned"]} if "unplanned" in stats.get("plan", {}) else {}),
     }
 
