@@ -556,21 +556,30 @@ def project(
             **needed(budget, packed, groups, read),
         }
         out["needed"]["met"] = bool(point.get("tokens", 0) >= budget)
-        out["needed"] |= budget_cost(out["needed"], read, out["cost"])
+        out["needed"] |= budget_cost(
+            out["needed"], read, out["cost"], point.get("available_examples", 0.0), cfg.plan_partitions
+        )
     return out
 
 
-def budget_cost(need: dict, read: dict[str, int], cost_: dict) -> dict[str, float | None]:
-    """CPU-hours and wall hours at the budget: the given corpus's, times the records the budget
-    needs over the records given (every phase's records in grow in proportion)."""
+def budget_cost(
+    need: dict, read: dict[str, int], cost_: dict, examples: float, plan_partitions: int | None
+) -> dict[str, float | None]:
+    """CPU-hours and wall hours at the budget: each phase's CPU-hours for the given corpus times
+    the records the budget needs over the records given (every phase's records in grow in
+    proportion), the plan phase spread over the plan partitions of that size."""
     out: dict[str, float | None] = {}
     given = sum(read.values())
+    cores = cost_["nodes"] * cost_["cores_per_node"]
     for suffix in ("", "_low", "_high"):
         records = need[f"records_by_stream{suffix}"]
         if given and records and all(v is not None for v in records.values()):
             ratio = sum(max(v, 0) for v in records.values()) / given
-            out[f"cpu_hours{suffix}"] = _num(cost_["cpu_hours"] * ratio)
-            out[f"wall_hours{suffix}"] = _num(cost_["wall_hours"] * ratio)
+            parts = plan_partitions or partitions_for(round(examples * ratio), EXAMPLES_PER_PARTITION)
+            cpu = {ph: c["cpu_hours_full"] * ratio for ph, c in cost_["phases"].items()}
+            wall = sum(h / min(cores, parts if ph == "plan" else cores) for ph, h in cpu.items())
+            out[f"cpu_hours{suffix}"] = _num(sum(cpu.values()))
+            out[f"wall_hours{suffix}"] = _num(wall)
         else:
             out[f"cpu_hours{suffix}"] = out[f"wall_hours{suffix}"] = None
     return out
