@@ -9,23 +9,27 @@ with a ``_low`` / ``_high`` interval at the plan's confidence:
   so each stream's kept fraction (through filter and decontamination) is a binomial proportion,
   given with a **Wilson score interval** with the finite-population correction (1 − f);
 - **tokens** (in the mix unit) per stream: live records × the mean per sampled record, with a
-  normal interval from the per-record variance (again with 1 − f);
+  normal interval from the per-record variance (again with 1 − f), and the dedup bounds below
+  added in quadrature;
 - **dedup**: a sample of fraction p keeps a duplicate pair with probability p², so removals do
-  not scale by 1/p. Per dedup round, from the sampled clusters (a survivor and its removed
-  duplicates, m members): pairs P = Σ C(m, 2) and triples T = Σ C(m, 3) estimate the full
-  corpus's P/p² and T/p³ (unbiased factorial moments). Assuming the round's clusters have one
-  size k, k̂ = 2 + 3T / (pP) and the full removals are R̂ = (P/p²) · 2/k̂ (all pairs: k̂ = 2,
-  R̂ = P/p²). Bounds that need no assumption on cluster sizes: the linear scale-up removed/p is
-  a lower bound (in expectation), the all-pairs count an upper one, taken at the upper Poisson
-  bound of the sampled pairs;
-- **packed result**: the sample's examples, expanded to each stream's projected full size, are
-  planned with the build's own planner (:func:`mm1data.pack.plan.plan_build`: mix selection,
-  interleaving, shard cuts, packing) for one plan partition of the full build (capped at
-  :data:`SIM_EXAMPLES`, then scaled), and multiplied by the partitions; the interval plans the
-  low and the high availability of every stream;
-- **cost**: CPU seconds per phase per record in, measured on the sample, times the full
-  corpus's records in; wall time on N nodes of C cores assumes perfect parallelism within each
-  phase (the plan phase: at most one task per plan partition).
+  not scale by 1/p. Per dedup round (text kinds; image kinds), each sampled cluster (a survivor
+  and the members removed as its duplicates) spans r distinct records: pairs P = Σ C(r, 2) and
+  triples T = Σ C(r, 3) estimate the full corpus's P/p² and T/p³ (unbiased factorial moments).
+  Assuming the round's clusters span about one number k of records, k̂ = 2 + 3T / (pP), at
+  least 1 + 2(P/p²)/members (the pairs must fit in the round's members), and the removals across
+  records are (P/p²)·2/k̂; copies inside one record (m − r per cluster) are drawn with it and
+  scale by 1/p. Bounds that need no assumption on cluster sizes: the lower Poisson bound of the
+  sampled removals / p (removed/p is low in expectation), and the most removals the upper
+  Poisson bound of the pairs can mean among the members (:func:`most_removals`);
+- **packed result**: the sample's examples (a histogram of tokens × images per stream), expanded
+  to each stream's projected full size and thinned by the extra image dedup, are planned with the
+  build's own planner (:func:`mm1data.pack.plan.plan_build`: mix selection, interleaving, shard
+  cuts, packing) for one plan partition of the full build (capped at :data:`SIM_EXAMPLES`, then
+  scaled) × the partitions; the interval plans the low and the high availability of every
+  stream, and takes in the mix rule's ideal split (:func:`ideal_mix`);
+- **cost**: the workers' CPU seconds per phase per record in, measured on the sample, times the
+  full corpus's records in, plus the driver's as measured; wall time on N nodes of C cores
+  assumes perfect parallelism within each phase (the plan phase: one task per plan partition).
 """
 
 from __future__ import annotations
@@ -533,7 +537,10 @@ def project(
         budget = plan.budget_sequences * point["tokens"] / point["sequences"]
     work = _work(stats, counts, avail, point)
     out = {
-        "streams": {s: {**c, **_stream_rates(stats["streams"][s], c, z)} for s, c in counts.items()},
+        "streams": {
+            s: {**c, **_stream_rates(stats["streams"][s], c, z), **_per_kept(facts["examples"], s, c, slot)}
+            for s, c in counts.items()
+        },
         "dedup": {
             "estimator": "moments of the sampled duplicate clusters (see mm1data.plan.project)",
             "assumption": (
@@ -608,6 +615,17 @@ def _spread(packed: dict[str, dict], ideal: dict[str, dict], bound: str) -> dict
             + ([ideal[bound].get(s, 0.0)] if bound != "point" and ideal else [])
         )
         for s in names
+    }
+
+
+def _per_kept(examples: dict, stream: str, c: dict, slot: int) -> dict[str, float | None]:
+    """Mean text tokens (image slots left out) and images per kept record of a stream, in the sample."""
+    sums = [v for e, by in examples.items() if record_stream(e) == stream for v in by.values()]
+    tokens, images = sum(v.get("tokens", 0) for v in sums), sum(v.get("images", 0) for v in sums)
+    kept = c["kept"]
+    return {
+        "mean_text_tokens_per_kept": round((tokens - slot * images) / kept, 2) if kept else None,
+        "mean_images_per_kept": round(images / kept, 3) if kept else None,
     }
 
 

@@ -40,7 +40,8 @@ def print_plan_summary(plan: dict) -> None:
             f"{100 * st['kept_fraction_high']:.1f}]"
         )
         lo, hi = p["kept_records_by_stream_low"].get(stream), p["kept_records_by_stream_high"].get(stream)
-        click.echo(f"{line:<84}{'':>26}{_n(kept_p.get(stream)):>16} [{_n(lo)}, {_n(hi)}]")
+        per = f"{_n(st.get('mean_text_tokens_per_kept')):>14}{_n(st.get('mean_images_per_kept')):>12}"
+        click.echo(f"{line:<84}{per}{_n(kept_p.get(stream)):>16} [{_n(lo)}, {_n(hi)}]")
         for label, src in plan["sources"].get(stream, {}).items():
             name = label if len(label) <= 30 else "…" + label[-29:]
             frac = src["kept_fraction"]

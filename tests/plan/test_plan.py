@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from benchmarks.plan_data import actual_values, projected_values, shared_sources
 from mm1data.build import run_build
 from mm1data.cli import main
-from mm1data.config import PlanConfig, Recipe
+from mm1data.config import BuildConfig, PlanConfig, Recipe
 from mm1data.plan.job import run_plan
 from mm1data.plan.project import project
 
@@ -97,28 +97,19 @@ def test_plan_json_holds_the_projection_budget_and_cost(planned):
 
 
 def test_a_budget_within_reach_needs_no_more_records(planned):
+    """The projection is a pure function of the sample run's stats.json: other budgets need no rerun."""
     plan, out = planned
     stats = json.loads((out / "stats.json").read_text())
-    recipe_cfg = PlanConfig(sample=plan["sample"]["fraction"], budget_tokens=plan["projected"]["tokens"] / 2)
-    from mm1data.config import BuildConfig
-
-    again = project(stats, {}, BuildConfig(), recipe_cfg, cores=2, method="none")
-    need = again["needed"]
+    half = PlanConfig(sample=plan["sample"]["fraction"], budget_tokens=plan["projected"]["tokens"] / 2)
+    need = project(stats, {}, BuildConfig(), half, cores=2, method="-")["needed"]
     assert need["met"] and all(v == 0 for v in need["shortfall_by_stream"].values())
     for s, n in need["records_by_stream"].items():
-        assert n == pytest.approx(
-            plan["needed"]["records_by_stream"][s] * need["budget_tokens"] / 1e9, rel=0.01
-        )
-    seqs = project(
-        stats,
-        {},
-        BuildConfig(),
-        dataclasses.replace(recipe_cfg, budget_tokens=None, budget_sequences=1e6),
-        2,
-        "none",
-    )
-    per_seq = plan["projected"]["tokens"] / plan["projected"]["sequences"]
-    assert seqs["needed"]["budget_tokens"] == pytest.approx(1e6 * per_seq, rel=0.01)
+        expected = plan["needed"]["records_by_stream"][s] * need["budget_tokens"] / 1e9
+        assert n == pytest.approx(expected, rel=0.01)
+    by_sequences = dataclasses.replace(half, budget_tokens=None, budget_sequences=1e6)
+    need = project(stats, {}, BuildConfig(), by_sequences, cores=2, method="-")["needed"]
+    per_sequence = plan["projected"]["tokens"] / plan["projected"]["sequences"]
+    assert need["budget_tokens"] == pytest.approx(1e6 * per_sequence, rel=0.01)
 
 
 def test_cli_plans_the_bundled_sample(ray_local, tmp_path):
