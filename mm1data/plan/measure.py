@@ -37,7 +37,6 @@ from mm1data.schemas import STREAMS
 DUPLICATE_REASONS = ("exact_duplicate", "near_duplicate")
 ROUND_OF_RECORD = {"caption": "image", "interleaved": "text", "text": "text"}
 """The dedup round that removes a record of each stream (image items of docs: ``image``)."""
-COMPONENTS_PER_PARTITION = 1_000_000
 
 
 def record_stream(example_stream: str) -> str:
@@ -221,7 +220,7 @@ class MeasurePhase(Phase):
             if s in data
         ]
         n_links = sum(data_dedup_counts(data).values())
-        parts = partitions_for(n_links, COMPONENTS_PER_PARTITION)
+        parts = partitions_for(n_links)
         union = links[0].union(*links[1:]) if len(links) > 1 else links[0]
         moments = sum_counts(cogroup({"l": union}, {"l": "k"}, parts, cluster_moments, schemas={"l": LINK}))
         ctx.info[self.name] = {

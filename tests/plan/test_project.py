@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from mm1data.config import BuildConfig
+from mm1data.pack.phase import EXAMPLES_PER_PARTITION
 from mm1data.pack.plan import plan_build
 from mm1data.plan.project import (
     dedup_round,
@@ -150,7 +151,7 @@ def test_a_partition_larger_than_the_simulation_is_scaled():
     hbytes = {"caption": {"160": {"1": 0}}, "text": {"2000": {"0": 0}}}
     cfg = BuildConfig(mix="caption=1,text=1")
     big = simulate(expand_cells(hist, hbytes, {"caption": 10_000.0, "text": 10_000.0}, {}, 146), cfg)
-    assert big["partitions"] == 10  # 2M examples, 200k per plan partition
+    assert big["partitions"] == 2_000_000 // EXAMPLES_PER_PARTITION  # as the plan phase sizes them
     assert big["simulated_examples"] <= 20_000
     assert big["tokens_by_stream"]["caption"] == pytest.approx(100 * 160 * 10_000, rel=0.01)
     per_seq = 160 * 16  # caption pairs fill by images: 16 per sequence
