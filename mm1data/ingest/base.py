@@ -72,6 +72,34 @@ def read_bytes(path: str) -> bytes:
         return f.read()
 
 
+class TableFile:
+    """A Parquet or CSV file read as a stream of record batches (one row group or CSV block at a
+    time), so a reader's memory does not grow with the file."""
+
+    def __init__(self, path: str, fmt: str, rows: int) -> None:
+        self.path, self.fmt, self.rows = path, fmt, rows
+        with fsspec.open(path, "rb") as f:
+            self.columns = self._reader(f)[0]
+
+    def _reader(self, f) -> tuple[list[str], Iterator[pa.RecordBatch]]:
+        if self.fmt == "csv":  # every column as text: types guessed per block could disagree
+            import pyarrow.csv as pacsv
+
+            names = pacsv.open_csv(f).schema.names
+            f.seek(0)
+            convert = pacsv.ConvertOptions(column_types={n: pa.string() for n in names})
+            return names, iter(pacsv.open_csv(f, convert_options=convert))
+        import pyarrow.parquet as pq
+
+        pf = pq.ParquetFile(f)
+        return pf.schema_arrow.names, pf.iter_batches(batch_size=self.rows)
+
+    def batches(self) -> Iterator[pa.RecordBatch]:
+        """The file's rows in order, at most ``rows`` per batch for Parquet."""
+        with fsspec.open(self.path, "rb") as f:
+            yield from self._reader(f)[1]
+
+
 def open_text(path: str) -> io.BufferedIOBase:
     """Open a possibly compressed (.gz, .zst, .bz2, .xz) line file for reading bytes line by line."""
     if path.endswith(".zst"):

@@ -8,7 +8,6 @@ rejects: mm1data does not download URLs).
 
 from __future__ import annotations
 
-import io
 import json
 import posixpath
 import tarfile
@@ -16,13 +15,13 @@ from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import PurePosixPath
 
+import fsspec
 import pyarrow as pa
-import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
 
 from mm1data.config import IngestConfig
 from mm1data.ingest.base import (
     BadImage,
+    TableFile,
     Unit,
     batched,
     describe_image,
@@ -101,35 +100,57 @@ def _default_coco_folder(json_path: str) -> str:
     return str(p.parent.parent / split)
 
 
-def read_webdataset(unit: Unit, cfg: IngestConfig) -> Iterator[pa.Table]:
-    """Caption pairs from a WebDataset / img2dataset tar; a truncated tar keeps what was read
-    and adds one ``tar_truncated`` reject for the unreadable rest."""
-    stem = PurePosixPath(unit.path).name
-    samples: dict[str, dict[str, bytes]] = {}
-    order: list[str] = []
-    error: str | None = None
+def tar_samples(path: str) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """``(key, {extension: bytes})`` per sample of a WebDataset tar, read as a stream (members of a
+    sample are consecutive, as the format requires), so memory holds one sample at a time. A
+    damaged tar raises ``TarDamaged`` after the last whole sample; the sample being read is cut."""
+    key, parts = None, {}
     try:
-        with tarfile.open(fileobj=io.BytesIO(read_bytes(unit.path)), mode="r:*") as tar:
+        with fsspec.open(path, "rb") as raw, tarfile.open(fileobj=raw, mode="r|*") as tar:
             for member in tar:
                 if not member.isfile():
                     continue
-                key, _, ext = member.name.rpartition("/")[2].partition(".")
+                name, _, ext = member.name.rpartition("/")[2].partition(".")
                 prefix = member.name.rpartition("/")[0]
-                full_key = f"{prefix}/{key}" if prefix else key
+                full_key = f"{prefix}/{name}" if prefix else name
                 f = tar.extractfile(member)
                 if f is None:
                     continue
-                if full_key not in samples:
-                    samples[full_key] = {}
-                    order.append(full_key)
-                samples[full_key][ext.lower()] = f.read()
+                if full_key != key:
+                    if key is not None:
+                        yield key, parts
+                    key, parts = full_key, {}
+                parts[ext.lower()] = f.read()
     except (tarfile.TarError, EOFError, OSError, ValueError, UnicodeDecodeError) as e:
-        error = f"{type(e).__name__}: {e}"
-    cut = order.pop() if error and order else None  # the sample being read when the tar ended
+        raise TarDamaged(key, f"{type(e).__name__}: {e}") from e
+    if key is not None:
+        yield key, parts
+
+
+class TarDamaged(Exception):
+    """A tar that ends or breaks mid-stream; ``cut`` is the key of the sample being read."""
+
+    def __init__(self, cut: str | None, detail: str) -> None:
+        super().__init__(detail)
+        self.cut, self.detail = cut, detail
+
+
+def read_webdataset(unit: Unit, cfg: IngestConfig) -> Iterator[pa.Table]:
+    """Caption pairs from a WebDataset / img2dataset tar, streamed; a truncated tar keeps what was
+    read and adds one ``tar_truncated`` reject for the unreadable rest."""
+    stem = PurePosixPath(unit.path).name
 
     def rows() -> Iterator[dict]:
-        for offset, key in enumerate(order):
-            parts = samples[key]
+        count, samples = 0, tar_samples(unit.path)
+        while True:
+            try:
+                key, parts = next(samples)
+            except StopIteration:
+                return
+            except TarDamaged as e:
+                yield rejected(f"{stem}:{e.cut or '#truncated'}", unit.path, count, "tar_truncated", e.detail)
+                return
+            offset, count = count, count + 1
             row_id = f"{stem}:{key}"
             data = next((parts[e] for e in IMAGE_EXTS if e in parts), None)
             meta: dict = {}
@@ -149,8 +170,6 @@ def read_webdataset(unit: Unit, cfg: IngestConfig) -> Iterator[pa.Table]:
                 continue
             captions = [{"text": text, "provenance": "alt_text"}] if text else []
             yield caption_row(row_id, data, captions, meta.get("url"), unit.path, offset, cfg)
-        if error is not None:
-            yield rejected(f"{stem}:{cut or '#truncated'}", unit.path, len(order), "tar_truncated", error)
 
     yield from batched(rows(), CAPTION_PAIR, cfg.rows_per_batch)
 
@@ -161,11 +180,8 @@ def _first(columns: list[str], candidates: tuple[str, ...]) -> str | None:
 
 def read_table_captions(unit: Unit, cfg: IngestConfig) -> Iterator[pa.Table]:
     """Caption pairs from Parquet or CSV: an image-bytes column if present, else URL-only rows."""
-    if unit.format == "csv":
-        table = pacsv.read_csv(io.BytesIO(read_bytes(unit.path)))
-    else:
-        table = pq.read_table(io.BytesIO(read_bytes(unit.path)))
-    cols = table.column_names
+    table = TableFile(unit.path, "csv" if unit.format == "csv" else "parquet", cfg.rows_per_batch)
+    cols = table.columns
     img_col, url_col, cap_col = (
         _first(cols, IMAGE_COLUMNS),
         _first(cols, URL_COLUMNS),
@@ -175,7 +191,7 @@ def read_table_captions(unit: Unit, cfg: IngestConfig) -> Iterator[pa.Table]:
     id_col = "id" if "id" in cols else ("key" if "key" in cols else None)
 
     def records() -> Iterator[tuple]:
-        for batch in table.to_batches(max_chunksize=cfg.rows_per_batch):
+        for batch in table.batches():
             data = batch.to_pydict()
             columns = [data[c] if c else [None] * batch.num_rows for c in (id_col, img_col, cap_col, url_col)]
             yield from zip(*columns, strict=True)
