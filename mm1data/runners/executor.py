@@ -381,6 +381,7 @@ class Executor:
         writing rejects, ``stats.json`` (``amend(stats, data)`` may add to it) and calling every
         phase's :meth:`Phase.finish`."""
         from mm1data.runners.ray_session import ray_session
+        from mm1data.runners.shuffle import shuffle_files
 
         phases = list(phases)
         t0 = time.perf_counter()
@@ -388,7 +389,10 @@ class Executor:
         ctx = Context(self.output, WorkDir(self.output), self.log)
         data = Data()
         timings: dict[str, float] = {}
-        with ray_session(self.ray_address, self.num_cpus, quiet=not self.log.show_progress):
+        with (
+            ray_session(self.ray_address, self.num_cpus, quiet=not self.log.show_progress),
+            shuffle_files(ctx.work.url("_shuffle")),
+        ):
             timings["ray_start"] = time.perf_counter() - t0
             fp = fingerprint(__version__, base)
             for phase in phases:

@@ -10,10 +10,16 @@ when order matters), so the result does not depend on the number of blocks or wo
 
 Two executions, the same semantics:
 
-- ``partitions > 1``: each input block is cut into one Arrow IPC chunk per partition, all chunks
-  meet in one Ray Data ``groupby("p", num_partitions=partitions).map_groups``, and each group is
-  decoded and handed to ``fn``. Memory per task is about 1/partitions of the inputs: callers size
-  ``partitions`` from row counts (:func:`partitions_for`) so it grows with the data.
+- ``partitions > 1``: a shuffle through files, as Spark and datatrove do it. A map task per input
+  block sorts the block by partition and writes one file: the pieces (Arrow IPC streams) one after
+  another, then their ``partitions + 1`` byte offsets. A reduce task per partition lists the
+  files and reads only its own piece of each (two range reads), then calls ``fn``. Memory per
+  task is about 1/partitions of the inputs (callers size ``partitions`` from row counts with
+  :func:`partitions_for`, so it grows with the data), and the driver holds no piece: a Ray shuffle
+  keeps a reference and metadata per (block, partition) pair in the driver, blocks × partitions
+  of them, and pieces under 100 KiB inline in its heap (2.4 GiB at 10M rows). The files live
+  under :func:`shuffle_files`'s folder (the build's ``_work/_shuffle``, on S3 too) or a
+  temporary folder.
 - ``partitions == 1`` (small inputs): every block goes to one Ray task, with no shuffle and no
   aggregator actors, so small builds pay no fixed shuffle cost.
 
@@ -22,17 +28,22 @@ Two executions, the same semantics:
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import functools
 import hashlib
 import math
-from collections.abc import Callable, Sequence
+import shutil
+import tempfile
+import uuid
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
 PartitionFn = Callable[..., pa.Table]
-CHUNK = pa.schema([("p", pa.int64()), ("side", pa.int32()), ("data", pa.large_binary())])
+_ROOTS: list[str] = []  # the shuffle folder of the run in progress (innermost last)
 
 
 def hash64(values: Sequence[str | bytes]) -> np.ndarray:
@@ -94,21 +105,84 @@ def _from_ipc(data: bytes) -> pa.Table:
     return pa.ipc.open_stream(pa.py_buffer(data)).read_all()
 
 
-def _chunks(table: pa.Table, side: int, key: str, partitions: int) -> pa.Table:
-    """One CHUNK row per partition present in ``table``: the rows of that partition as IPC bytes."""
-    if table.num_rows == 0:
-        return CHUNK.empty_table()
-    part = partition_of(table.column(key).to_numpy(), partitions)
-    order = np.argsort(part, kind="stable")
-    sorted_part = part[order]
-    starts = np.flatnonzero(np.r_[True, sorted_part[1:] != sorted_part[:-1]])
-    ends = np.r_[starts[1:], len(order)]
-    table = table.take(pa.array(order))
-    ps, data = [], []
-    for s, e in zip(starts.tolist(), ends.tolist(), strict=True):
-        ps.append(int(sorted_part[s]))
-        data.append(_ipc(table.slice(s, e - s)))
-    return pa.table([pa.array(ps, pa.int64()), pa.array([side] * len(ps), pa.int32()), data], schema=CHUNK)
+def _write_pieces(table: pa.Table, key: str, partitions: int, folder: str) -> pa.Table:
+    """Map task: write ``table``'s rows sorted by partition as one file under ``folder`` (pieces,
+    then ``partitions + 1`` int64 offsets); returns its row count. The name starts with a hash of
+    the content, so files are listed in an order that does not depend on scheduling."""
+    n = table.num_rows
+    if n:
+        part = partition_of(table.column(key).to_numpy(), partitions)
+        order = np.argsort(part, kind="stable")
+        table = table.take(pa.array(order))
+        bounds = np.r_[0, np.cumsum(np.bincount(part, minlength=partitions))]
+        offsets, chunks, at = np.zeros(partitions + 1, np.int64), [], 0
+        for p in np.flatnonzero(np.diff(bounds)).tolist():
+            offsets[p] = at
+            chunks.append(_ipc(table.slice(bounds[p], bounds[p + 1] - bounds[p])))
+            at += len(chunks[-1])
+            offsets[p + 1 :] = at
+        data = b"".join(chunks) + offsets.tobytes()
+        name = f"{hashlib.blake2b(data, digest_size=12).hexdigest()}-{uuid.uuid4().hex[:8]}.pieces"
+        from mm1data.io.fs import fsspec_fs
+        from mm1data.runners.workdir import put_whole
+
+        fs, path = fsspec_fs(f"{folder}/{name}")
+        put_whole(fs, path, data)
+    return pa.table({"rows": pa.array([n], pa.int64())})
+
+
+def _read_pieces(folder: str, partition: int, partitions: int) -> Iterator[pa.Table]:
+    """Reduce side: this partition's piece of every file under ``folder`` (in name order)."""
+    from mm1data.io.fs import fsspec_fs
+
+    fs, path = fsspec_fs(folder)
+    if not fs.exists(path):
+        return
+    files = fs.find(path, detail=True)
+    for name in sorted(n for n in files if n.endswith(".pieces")):
+        with fs.open(name, "rb") as f:
+            f.seek(files[name]["size"] - 8 * (partitions + 1) + 8 * partition)
+            start, end = np.frombuffer(f.read(16), np.int64).tolist()
+            if end > start:
+                f.seek(start)
+                yield _from_ipc(f.read(end - start))
+
+
+def _reduce(
+    batch: pa.Table, folders: list[str], fn: PartitionFn, names, schemas, partitions, args
+) -> pa.Table:
+    """Reduce task: ``fn`` over one partition's rows of every input."""
+    (partition,) = batch.column("id").to_pylist()
+    tables = [list(_read_pieces(folder, partition, partitions)) for folder in folders]
+    return _call(fn, names, schemas, tables, args)
+
+
+@contextlib.contextmanager
+def shuffle_files(root: str) -> Iterator[None]:
+    """Cogroups inside this block write their pieces under ``root`` (a folder on storage every
+    Ray node reads, such as the build's ``_work/_shuffle``), which is emptied on entry and exit."""
+    from mm1data.io.fs import fsspec_fs
+
+    fs, path = fsspec_fs(root)
+
+    def clear() -> None:
+        if fs.exists(path):
+            fs.rm(path, recursive=True)
+
+    clear()
+    _ROOTS.append(root)
+    try:
+        yield
+    finally:
+        _ROOTS.pop()
+        clear()
+
+
+@functools.cache
+def _temporary_root() -> str:
+    root = tempfile.mkdtemp(prefix="mm1data-shuffle-")
+    atexit.register(shutil.rmtree, root, True)
+    return root
 
 
 def _call(
@@ -123,15 +197,6 @@ def _call(
         ts = [t for t in ts if t.num_rows]
         parts[name] = pa.concat_tables(ts, promote_options="permissive") if ts else schema.empty_table()
     return fn(parts, *args)
-
-
-def _apply_group(group: pa.Table, fn: PartitionFn, names, schemas, args) -> pa.Table:
-    sides = group.column("side").to_numpy()
-    data = group.column("data").to_pylist()
-    tables: list[list[pa.Table]] = [[] for _ in names]
-    for s, d in zip(sides.tolist(), data, strict=True):
-        tables[s].append(_from_ipc(d))
-    return _call(fn, names, schemas, tables, args)
 
 
 def _base_schema(ds) -> pa.Schema:
@@ -166,15 +231,20 @@ def cogroup(
         counts = [len(r) for r in refs]
         out = _single_task().remote(fn, names, arrow_schemas, counts, args, *sum(refs, []))
         return ray.data.from_arrow_refs([out])
-    chunked = [
+    root = f"{_ROOTS[-1] if _ROOTS else _temporary_root()}/{uuid.uuid4().hex}"
+    folders = [f"{root}/{i}" for i in range(len(names))]
+    written = [
         inputs[n].map_batches(
-            _chunks, fn_args=(i, by[n], partitions), batch_format="pyarrow", batch_size=None
+            _write_pieces, fn_args=(by[n], partitions, folders[i]), batch_format="pyarrow", batch_size=None
         )
         for i, n in enumerate(names)
     ]
-    union = chunked[0].union(*chunked[1:]) if len(chunked) > 1 else chunked[0]
-    return union.groupby("p", num_partitions=partitions).map_groups(
-        _apply_group, fn_args=(fn, names, arrow_schemas, args), batch_format="pyarrow"
+    (written[0].union(*written[1:]) if len(written) > 1 else written[0]).materialize()  # map side done
+    return ray.data.range(partitions, override_num_blocks=partitions).map_batches(
+        _reduce,
+        fn_args=(folders, fn, names, arrow_schemas, partitions, args),
+        batch_size=1,
+        batch_format="pyarrow",
     )
 
 
