@@ -154,7 +154,11 @@ def stage_fingerprints(
     invalidate it and everything after it, never what comes before."""
     fps = {
         "ingest": fingerprint(
-            __version__, to_dict(recipe.sources), to_dict(recipe.ingest), _source_signature(units)
+            __version__,
+            to_dict(recipe.sources),
+            to_dict(recipe.ingest),
+            _source_signature(units),
+            to_dict(recipe.download),
         )
     }
     fps["filter"] = fingerprint(fps["ingest"], to_dict(recipe.filters))
@@ -222,8 +226,10 @@ def run_build(recipe: Recipe, output: str, restart: bool = False, log: StageLog 
     root = output.rstrip("/")
     ratio = synthetic_share(cfg, target)
     fps = stage_fingerprints(recipe, units, tok, ratio)
+    from mm1data.download.job import run_download_phase
+
     compute = {
-        "ingest": lambda _, stats: read_streams(recipe, units, synthetic),
+        "ingest": lambda _, stats: run_download_phase(read_streams(recipe, units, synthetic), recipe, output),
         "filter": lambda streams, stats: apply_filters(streams, recipe.filters),
         "dedup": lambda streams, stats: dedup_streams(streams, recipe.dedup, stats),
     }

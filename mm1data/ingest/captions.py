@@ -173,6 +173,23 @@ def _first(columns: list[str], candidates: tuple[str, ...]) -> str | None:
     return next((c for c in candidates if c in columns), None)
 
 
+def table_columns(path: str, fmt: str) -> list[str]:
+    """The column names of a caption table (Parquet schema, CSV/TSV header, first JSON line)."""
+    if fmt == "parquet":
+        with open_text(path) as f:
+            return pq.ParquetFile(f).schema_arrow.names
+    with open_text(path) as f:
+        first = f.readline()
+    if fmt == "jsonl":
+        try:
+            value = json.loads(first)
+        except ValueError:
+            return []
+        return list(value) if isinstance(value, dict) else []
+    parse = pacsv.ParseOptions(delimiter="\t" if fmt == "tsv" else ",")
+    return pacsv.read_csv(io.BytesIO(first), parse_options=parse).column_names
+
+
 def _table_batches(unit: Unit, cfg: IngestConfig) -> Iterator[pa.RecordBatch]:
     """Record batches of a Parquet, CSV or TSV caption table, streamed (memory bounded by the
     batch size). CSV/TSV columns are read as strings, so no later block can break a type guess."""

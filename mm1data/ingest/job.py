@@ -14,7 +14,8 @@ from collections.abc import Iterator
 import fsspec
 import pyarrow as pa
 
-from mm1data.config import IngestConfig, Recipe
+from mm1data.config import IngestConfig, Recipe, reader_config
+from mm1data.download.job import run_download_phase
 from mm1data.ingest import plan, read_unit
 from mm1data.ingest.base import Unit
 from mm1data.ingest.synthetic import AttachSynthetic, read_synthetic, require_specs, synthetic_index
@@ -67,7 +68,7 @@ def read_streams(
             [{"unit": u.to_json()} for u in stream_units], override_num_blocks=len(stream_units)
         )
         out[stream] = ds.map_batches(
-            _read_units, fn_args=(recipe.ingest, synthetic), batch_size=1, batch_format="pyarrow"
+            _read_units, fn_args=(reader_config(recipe), synthetic), batch_size=1, batch_format="pyarrow"
         )
     return out
 
@@ -115,7 +116,7 @@ def run_ingest(recipe: Recipe, output: str, quiet: bool = False) -> dict:
     clear_output(output, [*units, "rejects", "stats.json"])
     with ray_session(recipe.ray.address, recipe.ray.num_cpus, quiet=quiet):
         ray_start_s = time.perf_counter() - start
-        datasets = read_streams(recipe, units, synthetic)
+        datasets = run_download_phase(read_streams(recipe, units, synthetic), recipe, output)
         per_stream: dict[str, StreamStats] = {}
         for stream, ds in datasets.items():
             per_stream[stream] = write_stream(ds, stream, output)
