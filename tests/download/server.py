@@ -11,7 +11,6 @@ import asyncio
 import threading
 import zlib
 from collections import Counter
-from pathlib import Path
 
 from aiohttp import web
 
@@ -110,6 +109,8 @@ class ImageServer:
         self.times.setdefault(path, []).append(asyncio.get_running_loop().time())
         if self.hold_after is not None and sum(self.served.values()) >= self.hold_after:
             await self._release.wait()
+            if request.transport is None or request.transport.is_closing():
+                raise ConnectionResetError("the client went away while held")  # never served
         response = await self._answer(request, path, self.received[path])
         self.served[path] += 1
         return response
