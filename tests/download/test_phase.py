@@ -104,16 +104,16 @@ def test_ingest_with_download_fills_or_rejects_every_pending_image(
 
     # a rerun resumes at URL level: nothing is fetched again, the same records come out
     served = dict(server.served)
-    again = run_ingest(recipe, str(tmp_path / "out2"), quiet=True)
+    again = run_ingest(recipe, str(tmp_path / "out"), quiet=True)
     assert dict(server.served) == served
     assert again["streams"] == stats["streams"]
-    dl2 = json.loads((tmp_path / "out2" / "download" / "stats.json").read_text())
+    dl2 = json.loads((tmp_path / "out" / "download" / "stats.json").read_text())
     assert dl2["fetched"] == 0 and dl2["reused"] == dl["urls"]
 
     # --retry-failed refetches retryable failures only (the timeout and the refused connection)
     retry = dataclasses.replace(recipe, download=dataclasses.replace(cfg, retry_failed=True))
-    run_ingest(retry, str(tmp_path / "out3"), quiet=True)
-    dl3 = json.loads((tmp_path / "out3" / "download" / "stats.json").read_text())
+    run_ingest(retry, str(tmp_path / "out"), quiet=True)
+    dl3 = json.loads((tmp_path / "out" / "download" / "stats.json").read_text())
     assert dl3["fetched"] == 2
     name_slow = [p for p in server.received if p.startswith("slow/")][0]
     assert server.received[name_slow] == 6 and server.received[f"404/{names[0]}"] == 1
