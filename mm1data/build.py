@@ -45,8 +45,9 @@ def synthetic_share(cfg: BuildConfig, target: dict[str, float]) -> float:
 
 
 def stage_of(reject_stage: str) -> str:
-    """The build phase a record reject belongs to: ingest, dedup, or filter (every filter stage)."""
-    return reject_stage if reject_stage in ("ingest", "dedup") else "filter"
+    """The build phase a record reject belongs to: ingest, download, dedup, or filter (every filter
+    stage)."""
+    return reject_stage if reject_stage in ("ingest", "download", "dedup") else "filter"
 
 
 def route(batch: pa.Table, placements: dict[str, list[tuple[int, int, int]]]) -> pa.Table:

@@ -75,8 +75,8 @@ class ImageServer:
         self.thread.join(10)
 
     def hold(self, after: int) -> None:
-        """Hold every request received after ``after`` served responses, until :meth:`release`."""
-        self.hold_after = after
+        """Answer only the next ``after`` requests; hold the ones after them until :meth:`release`."""
+        self.hold_after = sum(self.received.values()) + after
 
     def release(self) -> None:
         """Stop holding requests."""
@@ -105,9 +105,10 @@ class ImageServer:
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         path = request.match_info["path"]
+        earlier = sum(self.received.values())
         self.received[path] += 1
         self.times.setdefault(path, []).append(asyncio.get_running_loop().time())
-        if self.hold_after is not None and sum(self.served.values()) >= self.hold_after:
+        if self.hold_after is not None and earlier >= self.hold_after:
             await self._release.wait()
             if request.transport is None or request.transport.is_closing():
                 raise ConnectionResetError("the client went away while held")  # never served
