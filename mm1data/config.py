@@ -67,7 +67,7 @@ class DownloadConfig:
 
     Network defaults: 10 s total timeout as img2dataset's ``timeout``; at most 6 connections per
     host as browsers (Chrome, Firefox) allow; 10 redirects as aiohttp's and curl's usual limit;
-    2 retries (3 attempts) with exponential backoff (0.5 s, doubled, with full jitter, capped at
+    2 retries (3 attempts) with exponential backoff (0.5 s, doubled, half of it jittered, capped at
     30 s) on connection errors, timeouts, 408, 429 and 5xx, honouring ``Retry-After`` up to
     ``max_retry_after_s``; the ``X-Robots-Tag`` directives of img2dataset's
     ``disallowed_header_directives`` (``noai``, ``noimageai``, ``noindex``, ``noimageindex``),

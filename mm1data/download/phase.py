@@ -424,7 +424,7 @@ def download_phase(
 
     import mm1data.runners.pipeline as rp
 
-    streams = {s: ds.materialize() for s, ds in streams.items()}
+    streams = {s: ds.materialize() if s in ("caption", "interleaved") else ds for s, ds in streams.items()}
     ref_parts = []
     if "caption" in streams:
         ref_parts.append(_map(streams["caption"], caption_refs))
