@@ -8,6 +8,7 @@ YAML is read with ``yaml.safe_load``: a recipe cannot execute code.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import types
 import typing
 from dataclasses import dataclass, field
@@ -73,7 +74,9 @@ class DownloadConfig:
     ``disallowed_header_directives`` (``noai``, ``noimageai``, ``noindex``, ``noimageindex``),
     also when scoped to ``user_agent_token``; robots.txt (RFC 9309) only when ``robots_txt``.
     ``dns_servers`` (``host[:port]``) replaces the system resolver (img2dataset's users are told to
-    run a local caching resolver for the same reason). Proxy (``HTTP(S)_PROXY``, ``NO_PROXY``) and
+    run a local caching resolver for the same reason); ``allow_networks`` confines connections to
+    the given networks (a crawl kept inside a VPC, or tests kept on ``127.0.0.0/8``), also for URLs
+    that name an IP address. Proxy (``HTTP(S)_PROXY``, ``NO_PROXY``) and
     CA (``SSL_CERT_FILE``, ``SSL_CERT_DIR``, ``REQUESTS_CA_BUNDLE``, ``CURL_CA_BUNDLE``) environment
     variables are respected."""
 
@@ -102,6 +105,7 @@ class DownloadConfig:
     robots_txt: bool = False
     dns_servers: tuple[str, ...] = ()
     dns_timeout_s: float = 5.0
+    allow_networks: tuple[str, ...] = ()  # CIDRs; when set, connect to nothing else ("blocked_address")
     retry_failed: bool = False  # refetch URLs whose checkpointed result is a retryable failure
     top_hosts: int = 20  # hosts listed in stats.json
 
@@ -114,6 +118,11 @@ class DownloadConfig:
                 raise UsageError(f"download.{name} must be > 0")
         if self.retries < 0 or self.max_redirects < 0:
             raise UsageError("download.retries and download.max_redirects must be >= 0")
+        for net in self.allow_networks:
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError as e:
+                raise UsageError(f"download.allow_networks: {e}") from e
         if self.workers is not None and self.workers < 1:
             raise UsageError("download.workers must be >= 1")
         if not self.user_agent_token or any(c in self.user_agent_token for c in ":;,()\r\n"):

@@ -12,13 +12,16 @@ of its URLs a worker sees, so a table of unreachable URLs fails fast instead of 
 timeout per URL. Every outcome is a :class:`Fetched` with a normalised ``reason`` (``None`` when
 the body was read): ``dns``, ``connect``, ``timeout``, ``ssl``, ``disconnected``,
 ``incomplete_body``, ``invalid_url``, ``http_404``, ``http_429``, ``http_4xx``, ``http_5xx``,
-``http_3xx``, ``too_many_redirects``, ``x_robots_tag``, ``robots_txt``, ``too_large``.
+``http_3xx``, ``too_many_redirects``, ``x_robots_tag``, ``robots_txt``, ``too_large``,
+``blocked_address``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import email.utils
+import errno
+import ipaddress
 import os
 import random
 import socket
@@ -72,6 +75,24 @@ class Failure(Exception):
         self.retryable = retryable
         self.http_status = http_status
         self.retry_after = retry_after
+
+
+class BlockedAddress(OSError):
+    """A connection to an address outside ``download.allow_networks``."""
+
+
+def guarded_socket_factory(networks: tuple[str, ...]):
+    """An aiohttp ``socket_factory`` that refuses addresses outside ``networks``."""
+    nets = [ipaddress.ip_network(n, strict=False) for n in networks]
+
+    def factory(addr_info: tuple) -> socket.socket:
+        family, type_, proto, _, sockaddr = addr_info
+        ip = ipaddress.ip_address(sockaddr[0])
+        if not any(ip in net for net in nets):
+            raise BlockedAddress(errno.EACCES, f"{ip} is outside download.allow_networks")
+        return socket.socket(family=family, type=type_, proto=proto)
+
+    return factory
 
 
 class DnsFailure(OSError):
@@ -228,6 +249,7 @@ class Client:
                 resolver=make_resolver(cfg),
                 use_dns_cache=False,  # CachingResolver caches, failures included
                 ssl=ssl_context(),
+                socket_factory=guarded_socket_factory(cfg.allow_networks) if cfg.allow_networks else None,
             )
             self.session = aiohttp.ClientSession(
                 connector=connector,
@@ -328,6 +350,8 @@ class Client:
         except (aiohttp.ClientConnectorCertificateError, aiohttp.ClientSSLError) as e:
             raise Failure("ssl", str(e), False) from e
         except aiohttp.ClientConnectorError as e:
+            if isinstance(e.os_error, BlockedAddress) or "download.allow_networks" in str(e):
+                raise Failure("blocked_address", str(e.os_error), False) from e
             raise Failure("connect", str(e.os_error or e), True) from e
         except (asyncio.TimeoutError, aiohttp.ServerTimeoutError) as e:
             raise Failure("timeout", f"no complete answer in {cfg.timeout_s:g}s", True) from e

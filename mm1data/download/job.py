@@ -237,6 +237,10 @@ def run_download(
         fs.rm(old)
     fs.makedirs(path, exist_ok=True)
     with ray_session(ray_address, num_cpus, quiet=quiet):
+        import ray.data
+
+        # the shuffles here carry encoded images, which zstd cannot shrink: spare the CPU
+        ray.data.DataContext.get_current().shuffle_compression = "none"
         ray_start = time.perf_counter() - start
         streams = read_streams(recipe, {"caption": units}, synthetic={})
         out, urls, dl_stats = download_phase(streams, cfg, recipe.ingest, f"{root}/{WORK}")

@@ -32,9 +32,12 @@ def nxdomain():
 
 
 def loopback_config(dns_address: str, **over) -> DownloadConfig:
-    """Short timeouts and backoff for loopback tests; names resolve only at the NXDOMAIN stub."""
+    """Short timeouts and backoff for loopback tests; names resolve only at the NXDOMAIN stub and
+    connections reach 127.0.0.0/8 only (the real tables hold URLs that name internet addresses)."""
     base = dict(enabled=True, timeout_s=1.0, retries=2, backoff_s=0.05, max_bytes=1024 * 1024)
-    return DownloadConfig(**{**base, "dns_servers": (dns_address,), **over})
+    return DownloadConfig(
+        **{**base, "dns_servers": (dns_address,), "allow_networks": ("127.0.0.0/8",), **over}
+    )
 
 
 def planted(srv: ImageServer, names: list[str]) -> list[tuple[str, str | None]]:

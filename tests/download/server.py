@@ -55,6 +55,7 @@ class ImageServer:
         self.received: Counter[str] = Counter()
         self.times: dict[str, list[float]] = {}
         self.hold_after: int | None = None
+        self.held: set = set()
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.port = 0
@@ -77,6 +78,10 @@ class ImageServer:
     def hold(self, after: int) -> None:
         """Answer only the next ``after`` requests; hold the ones after them until :meth:`release`."""
         self.hold_after = sum(self.received.values()) + after
+
+    def held_open(self) -> int:
+        """How many held requests still have a live client connection."""
+        return sum(1 for r in list(self.held) if r.transport is not None and not r.transport.is_closing())
 
     def release(self) -> None:
         """Stop holding requests."""
@@ -109,7 +114,9 @@ class ImageServer:
         self.received[path] += 1
         self.times.setdefault(path, []).append(asyncio.get_running_loop().time())
         if self.hold_after is not None and earlier >= self.hold_after:
+            self.held.add(request)
             await self._release.wait()
+            self.held.discard(request)
             if request.transport is None or request.transport.is_closing():
                 raise ConnectionResetError("the client went away while held")  # never served
         response = await self._answer(request, path, self.received[path])

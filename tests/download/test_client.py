@@ -104,3 +104,8 @@ def test_status_reasons_retry_after_and_user_agent():
     assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0
     assert "mm1data/" in user_agent(DownloadConfig())
     assert "mybot" in user_agent(DownloadConfig(user_agent_token="mybot"))
+
+
+def test_addresses_outside_allow_networks_are_never_connected(nxdomain):
+    (result,) = fetch_all(loopback_config(nxdomain.address), ["http://198.51.100.7/photo.jpg"])
+    assert result["reason"] == "blocked_address" and result["attempts"] == 1
