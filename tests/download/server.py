@@ -55,7 +55,7 @@ class ImageServer:
         self.received: Counter[str] = Counter()
         self.times: dict[str, list[float]] = {}
         self.hold_after: int | None = None
-        self.held: set = set()
+        self.held: dict[int, web.Request] = {}
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.port = 0
@@ -81,7 +81,8 @@ class ImageServer:
 
     def held_open(self) -> int:
         """How many held requests still have a live client connection."""
-        return sum(1 for r in list(self.held) if r.transport is not None and not r.transport.is_closing())
+        held = list(self.held.values())
+        return sum(1 for r in held if r.transport is not None and not r.transport.is_closing())
 
     def release(self) -> None:
         """Stop holding requests."""
@@ -114,9 +115,9 @@ class ImageServer:
         self.received[path] += 1
         self.times.setdefault(path, []).append(asyncio.get_running_loop().time())
         if self.hold_after is not None and earlier >= self.hold_after:
-            self.held.add(request)
+            self.held[id(request)] = request
             await self._release.wait()
-            self.held.discard(request)
+            self.held.pop(id(request), None)
             if request.transport is None or request.transport.is_closing():
                 raise ConnectionResetError("the client went away while held")  # never served
         response = await self._answer(request, path, self.received[path])
