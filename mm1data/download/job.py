@@ -121,10 +121,32 @@ def assign_shards(table: pa.Table, starts: dict[str, int], shard_size: int) -> p
     return table.append_column("shard", pa.array(shards, pa.int64())).append_column("key", pa.array(keys))
 
 
-def write_shards(block: pa.Table, output: str, image_size: int | None, quality: int) -> pa.Table:
+def resize_batch(table: pa.Table, size: int, quality: int) -> pa.Table:
+    """Kept rows' images as ``size``² center-cropped JPEGs (``mm1data.tokens.render.square_jpeg``,
+    the build's own renderer); an image that fails is rejected ``image_undecodable``. Width and
+    height stay those of the image as fetched."""
+    from mm1data.tokens.render import ImageError, square_jpeg
+
+    images = table.column("image").to_pylist()
+    formats = table.column("format").to_pylist()
+    rejects = table.column("reject").to_pylist()
+    for i, (data, rej) in enumerate(zip(images, rejects, strict=True)):
+        if rej is None and data is not None:
+            try:
+                images[i], formats[i] = square_jpeg(data, size, quality), "jpeg"
+            except ImageError as e:
+                images[i] = None
+                rejects[i] = {"stage": "download", "reason": "image_undecodable", "detail": str(e),
+                              "score": None, "duplicate_of": None}  # fmt: skip
+    for name, values in (("image", images), ("format", formats), ("reject", rejects)):
+        idx = table.schema.get_field_index(name)
+        table = table.set_column(idx, table.schema.field(idx), pa.array(values, table.schema.field(idx).type))
+    return table
+
+
+def write_shards(block: pa.Table, output: str) -> pa.Table:
     """One shuffle partition (whole shards) → ``NNNNN.tar`` + ``NNNNN.parquet`` per shard."""
     from mm1data.shards.writer import tar_bytes
-    from mm1data.tokens.render import ImageError, square_jpeg
 
     fs, root = fsspec_fs(output)
     out = []
@@ -141,11 +163,6 @@ def write_shards(block: pa.Table, output: str, image_size: int | None, quality: 
             rej = row["reject"]
             caption = row["captions"][0]["text"] if row["captions"] else None
             data, ext = row["image"], EXT.get(row["format"] or "", row["format"])
-            if rej is None and image_size:
-                try:
-                    data, ext = square_jpeg(row["image"], image_size, quality), "jpg"
-                except ImageError as e:
-                    rej = {"stage": "download", "reason": "image_undecodable", "detail": str(e)}
             if rej is None:
                 meta = {
                     "key": row["key"],
@@ -245,6 +262,10 @@ def run_download(
         streams = read_streams(recipe, {"caption": units}, synthetic={})
         out, urls, dl_stats = download_phase(streams, cfg, recipe.ingest, f"{root}/{WORK}")
         ds = out["caption"]
+        if image_size:  # in parallel over blocks, before rows gather per shard
+            ds = ds.map_batches(
+                resize_batch, fn_args=(image_size, jpeg_quality), batch_format="pyarrow", batch_size=64
+            )
         counts: Counter = Counter()
         for r in ds.map_batches(row_counts, batch_format="pyarrow").take_all():
             counts[r["source"]] += r["rows"]
@@ -257,7 +278,7 @@ def run_download(
             CAPTION_PAIR.append(pa.field("shard", pa.int64())).append(pa.field("key", pa.string())),
         )
         written = keyed.repartition(n_shards, keys=["shard"], sort=True).map_batches(
-            write_shards, fn_args=(root, image_size, jpeg_quality), batch_size=None, batch_format="pyarrow"
+            write_shards, fn_args=(root,), batch_size=None, batch_format="pyarrow"
         )
         shards = sorted(written.take_all(), key=lambda r: r["shard"])
         _write_url_table(urls, f"{root}/urls")

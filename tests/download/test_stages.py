@@ -148,3 +148,23 @@ def test_fills_keep_the_latest_round_and_docs_lose_failed_items():
     (out,) = fill_docs(table).to_pylist()
     assert [it["kind"] for it in out["items"]] == ["text", "image"] and out["items"][1]["width"] == 9
     assert [r["reason"] for r in out["item_rejects"]] == ["http_404"] and out["reject"] is None
+
+
+def test_resize_for_download_shards_center_crops_and_rejects_what_fails(shared_data):
+    import io
+
+    from PIL import Image
+
+    from mm1data.download.job import resize_batch
+    from mm1data.schemas import CAPTION_PAIR
+
+    jpg = next((shared_data / "a-coco-mini" / "val2017").glob("*.jpg")).read_bytes()
+    table = pa.Table.from_pylist(
+        [{"id": "a", "image": jpg, "format": "jpeg", "width": 640},
+         {"id": "b", "image": b"not an image", "format": "png"},
+         {"id": "c", "image": None, "reject": {"stage": "download", "reason": "http_404"}}],
+        schema=CAPTION_PAIR,
+    )  # fmt: skip
+    out = resize_batch(table, 64, 90).to_pylist()
+    assert Image.open(io.BytesIO(out[0]["image"])).size == (64, 64) and out[0]["width"] == 640
+    assert [(r["reject"] or {}).get("reason") for r in out] == [None, "image_undecodable", "http_404"]
