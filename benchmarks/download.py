@@ -14,8 +14,8 @@ else ``$IMG2DATASET_PYTHON``, else ``/work/venvs/img2dataset/bin/python`` (make 
 
 Printed per tool: wall seconds (Ray start-up included for mm1data), images written, images/s,
 images/s per core (÷ the machine's cores, which both tools use), images per CPU-second (user +
-system time of the whole process tree), and peak RSS of the process tree (sampled every 0.1 s);
-then the ratio mm1data / img2dataset.
+system time of the whole process tree, sampled every 0.2 s from /proc), and the peak PSS of the
+tree (shared pages split between processes); then the ratio mm1data / img2dataset.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ import argparse
 import glob
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -40,49 +39,64 @@ from tests.download.server import ImageServer  # noqa: E402
 SHARED = Path(os.environ.get("MM1DATA_SHARED_DATA", REPO.parent / "shared" / "data-candidates"))
 
 
-def tree_rss(pid: int) -> int:
-    """Resident bytes of ``pid`` and all its descendants (from /proc)."""
+def tree_sample(pid: int) -> dict[int, tuple[float, int]]:
+    """``{pid: (CPU seconds so far, PSS bytes)}`` for ``pid`` and all its descendants (from /proc).
+    PSS splits shared pages (Ray's object store is mapped into every worker) between processes."""
     children: dict[int, list[int]] = {}
-    rss: dict[int, int] = {}
+    cpu: dict[int, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
     for stat in glob.glob("/proc/[0-9]*/stat"):
         try:
             fields = Path(stat).read_text().rsplit(")", 1)[1].split()
             p = int(stat.split("/")[2])
             children.setdefault(int(fields[1]), []).append(p)
-            rss[p] = int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
+            cpu[p] = (int(fields[11]) + int(fields[12])) / tick
         except (OSError, IndexError, ValueError):
             continue
-    total, todo = 0, [pid]
+    out, todo = {}, [pid]
     while todo:
         p = todo.pop()
-        total += rss.get(p, 0)
         todo.extend(children.get(p, []))
-    return total
+        pss = 0
+        try:
+            for line in Path(f"/proc/{p}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    pss = int(line.split()[1]) * 1024
+                    break
+        except OSError:
+            pass
+        out[p] = (cpu.get(p, 0.0), pss)
+    return out
 
 
 def measure(cmd: list[str], env: dict | None = None) -> dict:
-    """Run ``cmd``; wall seconds, CPU seconds of the tree (reaped children) and peak tree RSS."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    """Run ``cmd``: wall seconds, CPU seconds of its whole process tree (the last CPU time seen of
+    every process, sampled every 0.2 s) and the peak PSS of the tree."""
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    peak = [0]
+    peak, cpu = [0], {}
 
     def sample() -> None:
         while proc.poll() is None:
-            peak[0] = max(peak[0], tree_rss(proc.pid))
-            time.sleep(0.1)
+            now = tree_sample(proc.pid)
+            cpu.update({p: max(c, cpu.get(p, 0.0)) for p, (c, _) in now.items()})
+            peak[0] = max(peak[0], sum(m for _, m in now.values()))
+            time.sleep(0.2)
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     out, _ = proc.communicate()
     wall = time.perf_counter() - start
     sampler.join()
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     if proc.returncode != 0:
         sys.stderr.write(out.decode(errors="replace")[-4000:])
         raise SystemExit(f"{cmd[0]} failed with exit code {proc.returncode}")
-    return {"wall_s": wall, "cpu_s": cpu, "peak_rss": peak[0], "log": out.decode(errors="replace")}
+    return {
+        "wall_s": wall,
+        "cpu_s": sum(cpu.values()),
+        "peak_rss": peak[0],
+        "log": out.decode(errors="replace"),
+    }
 
 
 def make_table(srv: ImageServer, n: int, fail_pct: float, path: Path) -> int:
@@ -158,7 +172,7 @@ def main() -> None:
     print(f"\n{args.urls} URLs ({good} good, {args.urls - good} planted failures) on 127.0.0.1, "
           f"center crop {args.image_size}, {cores} cores")  # fmt: skip
     print(f"{'tool':<18}{'wall s':>8}{'images':>8}{'img/s':>8}{'img/s/core':>12}{'img/CPU-s':>11}"
-          f"{'peak RSS':>12}")  # fmt: skip
+          f"{'peak PSS':>12}")  # fmt: skip
     for name, m in rows.items():
         rate = m["images"] / m["wall_s"]
         print(f"{name:<18}{m['wall_s']:>8.1f}{m['images']:>8}{rate:>8.1f}{rate / cores:>12.1f}"

@@ -262,13 +262,13 @@ def run_download(
         streams = read_streams(recipe, {"caption": units}, synthetic={})
         out, urls, dl_stats = download_phase(streams, cfg, recipe.ingest, f"{root}/{WORK}")
         ds = out["caption"]
+        counts: Counter = Counter()
+        for r in ds.map_batches(row_counts, batch_format="pyarrow").take_all():
+            counts[r["source"]] += r["rows"]
         if image_size:  # in parallel over blocks, before rows gather per shard
             ds = ds.map_batches(
                 resize_batch, fn_args=(image_size, jpeg_quality), batch_format="pyarrow", batch_size=64
             )
-        counts: Counter = Counter()
-        for r in ds.map_batches(row_counts, batch_format="pyarrow").take_all():
-            counts[r["source"]] += r["rows"]
         starts, total = {}, 0
         for u in units:
             starts[u.path], total = total, total + counts[u.path]
