@@ -82,6 +82,11 @@ def open_text(path: str) -> io.BufferedIOBase:
     return fsspec.open(path, "rb", compression="infer").open()
 
 
+def fetchable(url: object) -> bool:
+    """Whether ``url`` is an absolute http(s) URL the download phase can fetch."""
+    return isinstance(url, str) and url.strip().lower().startswith(("http://", "https://"))
+
+
 def rejected(
     row_id: str, source: str, offset: int, reason: str, detail: str | None = None, score: float | None = None
 ) -> dict:
