@@ -34,6 +34,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from tests.download.dns import NxDomainServer  # noqa: E402
 from tests.download.server import ImageServer  # noqa: E402
 
 SHARED = Path(os.environ.get("MM1DATA_SHARED_DATA", REPO.parent / "shared" / "data-candidates"))
@@ -94,6 +95,7 @@ def measure(cmd: list[str], env: dict | None = None) -> dict:
     return {
         "wall_s": wall,
         "cpu_s": sum(cpu.values()),
+        "cpu_by_pid": cpu,
         "peak_rss": peak[0],
         "log": out.decode(errors="replace"),
     }
@@ -137,10 +139,10 @@ def run_img2dataset(python: str, table: Path, out: Path, size: int, cores: int) 
     return m
 
 
-def run_mm1data(table: Path, out: Path, size: int) -> dict:
+def run_mm1data(table: Path, out: Path, size: int, recipe: Path) -> dict:
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     cmd = [sys.executable, "-m", "mm1data.cli", "download", str(table), "--output", str(out),
-           "--image-size", str(size), "--shard-size", "10000", "--quiet"]  # fmt: skip
+           "--image-size", str(size), "--shard-size", "10000", "--config", str(recipe), "--quiet"]  # fmt: skip
     m = measure(cmd, env)
     stats = json.loads((out / "stats.json").read_text())
     m["images"] = stats["kept"]
@@ -160,14 +162,19 @@ def main() -> None:
         raise SystemExit(f"img2dataset's python not found: {args.img2dataset_python} (see the module doc)")
     cores = os.cpu_count() or 1
     images = {p.name: p.read_bytes() for p in sorted(SHARED.glob("a-coco-mini/*2017/*.jpg"))}
-    with tempfile.TemporaryDirectory() as tmp, ImageServer(images) as srv:
+    with tempfile.TemporaryDirectory() as tmp, ImageServer(images) as srv, NxDomainServer() as dns:
         tmp_path = Path(tmp)
         good = make_table(srv, args.urls, args.fail_pct, tmp_path / "urls.parquet")
+        # loopback only: names resolve at a stub that answers NXDOMAIN, connections reach 127.0.0.0/8 only
+        recipe = tmp_path / "recipe.yaml"
+        recipe.write_text(
+            f"download:\n  allow_networks: ['127.0.0.0/8']\n  dns_servers: ['{dns.address}']\n"
+        )
         rows = {
             "img2dataset 1.47": run_img2dataset(
                 args.img2dataset_python, tmp_path / "urls.parquet", tmp_path / "i2d", args.image_size, cores
             ),
-            "mm1data": run_mm1data(tmp_path / "urls.parquet", tmp_path / "mm1", args.image_size),
+            "mm1data": run_mm1data(tmp_path / "urls.parquet", tmp_path / "mm1", args.image_size, recipe),
         }
     print(f"\n{args.urls} URLs ({good} good, {args.urls - good} planted failures) on 127.0.0.1, "
           f"center crop {args.image_size}, {cores} cores")  # fmt: skip

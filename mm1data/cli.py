@@ -223,7 +223,10 @@ def build(output: str, quiet: bool, restart: bool, log_json: bool, **kw: Any) ->
 @click.option("--timeout", "timeout_s", type=float, default=None, help="Seconds per attempt (default 10).")
 @click.option("--retries", type=int, default=None, help="Retries on retryable failures (default 2).")
 @click.option("--retry-failed", is_flag=True, default=None, help="Refetch URLs that failed retryably before.")
-@click.option("--image-size", type=int, default=None, help="Center-crop to N×N JPEG (default: keep bytes).")
+@click.option(
+    "--image-size", type=int, default=None, help="Center-crop to N×N JPEG (default: keep the bytes)."
+)
+@click.option("--jpeg-quality", type=int, default=95, show_default=True, help="Quality of --image-size JPEGs.")
 @click.option("--shard-size", type=int, default=10_000, show_default=True, help="Rows per shard.")
 @click.option("--config", "config", type=click.Path(), help="YAML recipe; its `download:` section is used.")
 @click.option("--ray-address", default=None, help="Join an existing Ray cluster instead of a local one.")
@@ -233,6 +236,7 @@ def download(
     output: str,
     config: str | None,
     image_size: int | None,
+    jpeg_quality: int,
     shard_size: int,
     ray_address: str | None,
     quiet: bool,
@@ -247,10 +251,12 @@ def download(
 
     from mm1data.config import DownloadConfig, from_dict
     from mm1data.download.job import run_download
+    from mm1data.report import StageLog
 
     recipe = load_recipe(config) if config else Recipe()
     given = {k: v for k, v in flags.items() if v is not None}
     cfg = from_dict(DownloadConfig, {**to_dict(recipe.download), **given, "enabled": True}, where="download")
+    ray = dataclasses.replace(recipe.ray, address=ray_address or recipe.ray.address)
     stats = run_download(
         list(inputs),
         output,
@@ -258,8 +264,9 @@ def download(
         recipe.ingest,
         shard_size=shard_size,
         image_size=image_size,
-        ray_address=ray_address or recipe.ray.address,
-        num_cpus=recipe.ray.num_cpus,
+        jpeg_quality=jpeg_quality,
+        ray=ray,
+        log=StageLog(quiet=quiet),
     )
     if not quiet:
         dl = stats["download"]

@@ -93,13 +93,14 @@ class DownloadConfig:
     max_retry_after_s: float = 60.0  # a longer Retry-After fails the attempt (reason kept)
     max_redirects: int = 10
     max_bytes: int = 20 * 1024 * 1024  # body cap, the same as ingest.max_image_bytes
-    concurrency: int = 64  # requests in flight per worker
-    per_host: int = 6  # requests in flight per host and worker
-    workers: int | None = None  # fetch actors (None: the CPUs Ray has)
-    batch_size: int = 512  # URLs per fetch call
+    concurrency: int = 64  # requests in flight per fetch task
+    per_host: int = 6  # requests in flight per host and fetch task
+    urls_per_task: int = 256  # distinct URLs one fetch task takes (tasks grow with the URLs)
+    task_cpus: float = 1.0  # CPUs a fetch task holds (it decodes every image it fetches)
     checkpoint_rows: int = 256  # results per checkpoint part, at most
     checkpoint_s: float = 5.0  # a part is written at least this often while fetching
-    urls_per_partition: int = 2_000  # group-by / join partitions grow with the distinct URLs
+    rows_per_partition: int = 500_000  # URL/reference rows per plan and stats partition
+    bytes_per_partition: int = 1 << 30  # image bytes per fill partition (fills carry the images)
     user_agent_token: str = "mm1data"
     disallowed_header_directives: tuple[str, ...] = DISALLOWED_HEADER_DIRECTIVES
     robots_txt: bool = False
@@ -112,8 +113,9 @@ class DownloadConfig:
     def __post_init__(self) -> None:
         if self.hash_type not in ("sha256", "md5"):
             raise UsageError(f"download.hash_type must be sha256 or md5, got {self.hash_type!r}")
-        positive = ("timeout_s", "connect_timeout_s", "dns_timeout_s", "concurrency", "per_host")
-        for name in (*positive, "batch_size", "checkpoint_rows", "urls_per_partition", "max_bytes"):
+        positive = ("timeout_s", "connect_timeout_s", "dns_timeout_s", "concurrency", "per_host", "task_cpus")
+        sizes = ("urls_per_task", "checkpoint_rows", "rows_per_partition", "bytes_per_partition", "max_bytes")
+        for name in (*positive, *sizes):
             if getattr(self, name) <= 0:
                 raise UsageError(f"download.{name} must be > 0")
         if self.retries < 0 or self.max_redirects < 0:
@@ -123,10 +125,25 @@ class DownloadConfig:
                 ipaddress.ip_network(net, strict=False)
             except ValueError as e:
                 raise UsageError(f"download.allow_networks: {e}") from e
-        if self.workers is not None and self.workers < 1:
-            raise UsageError("download.workers must be >= 1")
         if not self.user_agent_token or any(c in self.user_agent_token for c in ":;,()\r\n"):
             raise UsageError(f"download.user_agent_token must be one plain token: {self.user_agent_token!r}")
+
+
+DOWNLOAD_RUN_ONLY = (
+    "concurrency",
+    "per_host",
+    "urls_per_task",
+    "task_cpus",
+    "checkpoint_rows",
+    "checkpoint_s",
+    "rows_per_partition",
+    "bytes_per_partition",
+    "dns_servers",
+    "dns_timeout_s",
+    "top_hosts",
+)
+"""Download settings that change how fetching runs, never which results it keeps (left out of
+the download phase's fingerprint, so changing them does not redo later phases)."""
 
 
 @dataclass(frozen=True)
@@ -486,8 +503,20 @@ class Recipe:
 
 
 def reader_config(recipe: Recipe) -> IngestConfig:
-    """The config readers get: ``recipe.ingest`` with ``download`` set when downloading is on."""
-    return dataclasses.replace(recipe.ingest, download=recipe.download if recipe.download.enabled else None)
+    """The config readers get: ``recipe.ingest`` with ``download`` set when downloading is on, holding
+    only what readers read (columns and hash type; network settings stay out of the ingest
+    phase's fingerprint)."""
+    dl = recipe.download
+    if not dl.enabled:
+        return recipe.ingest
+    columns = DownloadConfig(
+        enabled=True,
+        url_col=dl.url_col,
+        caption_col=dl.caption_col,
+        hash_col=dl.hash_col,
+        hash_type=dl.hash_type,
+    )
+    return dataclasses.replace(recipe.ingest, download=columns)
 
 
 def _convert(value: Any, tp: Any, where: str) -> Any:

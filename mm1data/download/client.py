@@ -40,7 +40,7 @@ from mm1data.config import DownloadConfig
 RETRYABLE_STATUS = frozenset({408, 429})
 # X-Robots-Tag directives that carry a colon themselves (not a user-agent scope)
 COLON_DIRECTIVES = frozenset({"unavailable_after", "max-snippet", "max-image-preview", "max-video-preview"})
-CHUNK = 64 * 1024
+CHUNK = 1 << 20  # read as much of a body as has arrived (the cap is checked per chunk)
 ACCEPT = "image/avif,image/webp,image/apng,image/*,*/*;q=0.8"
 
 
@@ -256,6 +256,7 @@ class Client:
                 timeout=aiohttp.ClientTimeout(total=cfg.timeout_s, sock_connect=cfg.connect_timeout_s),
                 headers={"User-Agent": user_agent(cfg), "Accept": ACCEPT},
                 trust_env=True,  # HTTP(S)_PROXY, NO_PROXY, .netrc
+                cookie_jar=aiohttp.DummyCookieJar(),  # image fetches need no cookies
             )
         return self.session
 

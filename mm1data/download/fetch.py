@@ -1,12 +1,13 @@
-"""The fetch stage: a batch of distinct URLs in, one result row per URL out, checkpointed as it goes.
+"""The fetch stage: a block of distinct URLs in, one result per URL out, checkpointed as it goes.
 
-:class:`FetchBatch` is the Ray Data callable class (one per worker: an event loop and a
-:class:`~mm1data.download.client.Client` that live across batches). Each fetched body goes through
-the one image decode path (:func:`mm1data.ingest.base.describe_image` and ``image_fields``) and,
-when the URL carries an expected digest, a hash check. Results are streamed into checkpoint parts
-under ``<work>/results/`` (Parquet, rows sorted by URL hash, file named by the hash of its URL
-hashes) every ``checkpoint_rows`` results or ``checkpoint_s`` seconds, so a killed run loses at
-most the requests still in flight.
+:func:`fetch_block` is the Ray Data UDF (one call per block of at most ``download.urls_per_task``
+URLs): an event loop and a :class:`~mm1data.download.client.Client` fetch every URL of the block
+concurrently (the client bounds requests per task and per host). Each body goes through the one
+image decode (:func:`mm1data.ingest.base.describe_image`: validity, size, perceptual hashes, and
+the square render of ``mm1data download --image-size`` from the same decode). Results, image bytes
+included, stream into checkpoint parts (:class:`PartWriter`, Parquet named by the hash of their
+rows) every ``download.checkpoint_rows`` results or ``download.checkpoint_s`` seconds, so a killed
+run loses at most the requests in flight; the UDF returns the results without the bytes.
 """
 
 from __future__ import annotations
@@ -15,92 +16,97 @@ import asyncio
 import hashlib
 import io
 import time
-import uuid
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mm1data.config import DownloadConfig, IngestConfig
 from mm1data.download.client import Client, Fetched
-from mm1data.ingest.base import BadImage, describe_image, image_fields
-from mm1data.io.fs import fsspec_fs, is_s3
+from mm1data.ingest.base import BadImage, Render, describe_image
+from mm1data.io.fs import fsspec_fs
+from mm1data.runners.workdir import parquet_options, put_whole
 from mm1data.schemas import IMAGE_FIELDS
 
 OK = "ok"
 FAILED = "failed"
 
-URL_RESULT = pa.schema(
+RESULT_FIELDS = [
+    pa.field("k", pa.int64(), nullable=False),  # hash64(url): the partition key everywhere
+    pa.field("url", pa.string(), nullable=False),
+    pa.field("round", pa.int32(), nullable=False),  # 0: first fetch, +1 per --retry-failed refetch
+    pa.field("status", pa.string(), nullable=False),  # "ok" or "failed"
+    pa.field("reason", pa.string()),  # normalised failure reason; null when ok
+    pa.field("detail", pa.string()),
+    pa.field("retryable", pa.bool_()),
+    pa.field("http_status", pa.int32()),
+    pa.field("attempts", pa.int32()),
+    pa.field("seconds", pa.float64()),
+    pa.field("bytes", pa.int64()),  # body size as received
+    pa.field("md5", pa.string()),  # of the body, when download.hash_type is md5
+    pa.field("image_bytes", pa.int64()),  # size of the stored image (the render, if any)
+]
+RESULT = pa.schema([*RESULT_FIELDS, *IMAGE_FIELDS], metadata={"name": "UrlResult", "version": "1"})
+"""A checkpointed result: one URL fetched once, its image columns as the record will carry them
+(``image`` is the rendered JPEG when the phase renders; width, height and sha256 are the body's)."""
+
+URL_ROW = pa.schema(
     [
-        pa.field("url_hash", pa.string(), nullable=False),
-        pa.field("url", pa.string(), nullable=False),
-        pa.field("round", pa.int32(), nullable=False),  # 0: first fetch, +1 per --retry-failed refetch
-        pa.field("status", pa.string(), nullable=False),  # "ok" or "failed"
-        pa.field("reason", pa.string()),  # normalised failure reason; null when ok
-        pa.field("detail", pa.string()),
-        pa.field("retryable", pa.bool_()),
-        pa.field("http_status", pa.int32()),
-        pa.field("attempts", pa.int32()),
-        pa.field("seconds", pa.float64()),
-        pa.field("bytes", pa.int64()),  # body size as received
-        *IMAGE_FIELDS,  # image bytes and what describe_image measured
+        *RESULT_FIELDS,
+        *[f for f in IMAGE_FIELDS if f.name != "image"],
+        pa.field("fetched", pa.bool_(), nullable=False),  # by this run (else reused from the checkpoint)
+        pa.field("sources", pa.list_(pa.struct([("source", pa.string()), ("refs", pa.int64())]))),
     ],
-    metadata={"name": "UrlResult", "version": "1"},
+    metadata={"name": "UrlTable", "version": "1"},
 )
-"""One row per distinct URL: what happened when it was fetched."""
+"""The per-URL table: one row per distinct URL the records reference, with its (latest) result
+and how many references each source file made to it."""
 
 TODO = pa.schema(
     [
-        pa.field("url_hash", pa.string(), nullable=False),
+        pa.field("k", pa.int64(), nullable=False),
         pa.field("url", pa.string(), nullable=False),
-        pa.field("expected", pa.string()),  # "<sha256|md5>:<hex>" or null
         pa.field("round", pa.int32(), nullable=False),
+        URL_ROW.field("sources"),
     ]
 )
 """What the fetch stage reads: distinct URLs still without a (good enough) result."""
 
 
-def url_hash(url: str) -> str:
-    """The key of a URL everywhere in the download phase: 128 bits of its sha256, hex."""
-    return hashlib.sha256(url.encode("utf-8", "surrogatepass")).hexdigest()[:32]
-
-
-def judge(fetched: Fetched, expected: str | None, ingest: IngestConfig) -> dict:
-    """The result columns for one fetched URL: network outcome, hash check, then the one image
-    decode path. ``not_an_image`` is a body Pillow cannot identify as any image (an HTML page
-    served as ``image/jpeg``); ``image_undecodable`` an image that does not decode whole."""
+def judge(fetched: Fetched, ingest: IngestConfig, render: Render | None, md5: bool) -> dict:
+    """The result columns for one fetched URL: the network outcome, then the one image decode.
+    ``not_an_image`` is a body Pillow cannot identify as any image (an HTML page served as
+    ``image/jpeg``); ``image_undecodable`` an image that does not decode whole."""
+    data = fetched.data
     row = {
         "url": fetched.url,
         "http_status": fetched.http_status,
         "attempts": fetched.attempts,
         "seconds": round(fetched.seconds, 6),
-        "bytes": len(fetched.data) if fetched.data is not None else None,
+        "bytes": len(data) if data is not None else None,
+        "retryable": fetched.retryable,
     }
     if fetched.reason is not None:
-        return {**row, **failed(fetched.reason, fetched.detail, fetched.retryable)}
-    data = fetched.data or b""
-    if expected:
-        algo, _, want = expected.partition(":")
-        got = hashlib.new(algo, data).hexdigest()
-        if got != want:
-            return {**row, **failed("hash_mismatch", f"{algo} {got} != expected {want}")}
+        return {**row, "status": FAILED, "reason": fetched.reason, "detail": fetched.detail}
     try:
-        info = describe_image(data, ingest)
+        info = describe_image(data, ingest, render)
     except BadImage as e:
         reason = "not_an_image" if e.detail.startswith("UnidentifiedImageError") else e.reason
-        return {**row, **failed(reason, e.detail)}
+        return {**row, "status": FAILED, "reason": reason, "detail": e.detail, "retryable": False}
+    image = info.rendered if render is not None else data
     return {
         **row,
         "status": OK,
-        "reason": None,
-        "detail": None,
-        "retryable": False,
-        **image_fields(data, info),
+        "md5": hashlib.md5(data).hexdigest() if md5 else None,
+        "image": image,
+        "image_bytes": len(image),
+        "image_sha256": info.sha256,
+        "width": info.width,
+        "height": info.height,
+        "format": "jpeg" if render is not None else info.format,
+        "phash": info.phash,
+        "dhash": info.dhash,
     }
-
-
-def failed(reason: str, detail: str | None, retryable: bool = False) -> dict:
-    """Result columns of a failure."""
-    return {"status": FAILED, "reason": reason, "detail": detail, "retryable": retryable}
 
 
 class PartWriter:
@@ -109,8 +115,7 @@ class PartWriter:
     def __init__(self, url: str, every_rows: int, every_s: float) -> None:
         self.url = url.rstrip("/")
         self.fs, self.path = fsspec_fs(self.url)
-        self.every_rows = every_rows
-        self.every_s = every_s
+        self.every_rows, self.every_s = every_rows, every_s
         self.rows: list[dict] = []
         self.last = time.monotonic()
         self.fs.makedirs(self.path, exist_ok=True)
@@ -122,62 +127,52 @@ class PartWriter:
             self.flush()
 
     def flush(self) -> None:
-        """Write the buffered rows as one part (atomically: temp file, then rename)."""
+        """Write the buffered rows as one part, whole or not at all, named by its rows."""
         self.last = time.monotonic()
         if not self.rows:
             return
-        rows, self.rows = sorted(self.rows, key=lambda r: (r["url_hash"], r["round"])), []
-        name = hashlib.sha256("".join(f"{r['url_hash']}{r['round']}" for r in rows).encode()).hexdigest()
+        rows, self.rows = sorted(self.rows, key=lambda r: (r["k"], r["url"], r["round"])), []
+        table = pa.Table.from_pylist(rows, schema=RESULT)
         buf = io.BytesIO()
-        codecs = {f.name: "zstd" for f in URL_RESULT}
-        codecs["image"] = "none"  # JPEG/PNG/WebP bytes do not compress: spare the CPU
-        pq.write_table(pa.Table.from_pylist(rows, schema=URL_RESULT), buf, compression=codecs)
-        final = f"{self.path}/part-{name[:24]}.parquet"
-        if is_s3(self.url):  # an S3 PUT is atomic
-            self.fs.pipe_file(final, buf.getvalue())
-            return
-        tmp = f"{self.path}/.tmp-{uuid.uuid4().hex}"
-        self.fs.pipe_file(tmp, buf.getvalue())
-        self.fs.mv(tmp, final)
+        pq.write_table(table, buf, **parquet_options(RESULT))
+        name = hashlib.blake2b(buf.getvalue(), digest_size=12).hexdigest()
+        put_whole(self.fs, f"{self.path}/part-{name}.parquet", buf.getvalue())
 
 
-URL_TABLE = pa.schema([f for f in URL_RESULT if f.name != "image"], metadata={"name": "UrlTable"})
-"""The per-URL result table: :data:`URL_RESULT` without the image bytes (they are in the checkpoint)."""
+def fetch_block(
+    todo: pa.Table, cfg: DownloadConfig, ingest: IngestConfig, render: Render | None, parts_url: str
+) -> pa.Table:
+    """Ray Data UDF: fetch every URL of a :data:`TODO` block, checkpoint the results under
+    ``parts_url``, return them as :data:`URL_ROW` rows (without the image bytes)."""
+    if todo.num_rows == 0:
+        return URL_ROW.empty_table()
+    writer = PartWriter(parts_url, cfg.checkpoint_rows, cfg.checkpoint_s)
+    md5 = cfg.hash_col is not None and cfg.hash_type == "md5"
+    keys, urls, rounds = (todo.column(c).to_pylist() for c in ("k", "url", "round"))
 
-
-class FetchBatch:
-    """Ray Data callable class: fetch a batch of :data:`TODO` rows, checkpoint the results,
-    return their :data:`URL_TABLE` rows."""
-
-    def __init__(self, cfg: DownloadConfig, ingest: IngestConfig, parts_url: str) -> None:
-        self.cfg = cfg
-        self.ingest = ingest
-        self.loop = asyncio.new_event_loop()
-        self.client = Client(cfg)
-        self.writer = PartWriter(parts_url, cfg.checkpoint_rows, cfg.checkpoint_s)
-
-    def __call__(self, batch: pa.Table) -> pa.Table:
-        return self.loop.run_until_complete(self.run(batch))
-
-    async def run(self, batch: pa.Table) -> pa.Table:
-        """Fetch every URL of ``batch`` concurrently (the client bounds the concurrency)."""
-        cols = {name: batch.column(name).to_pylist() for name in TODO.names}
+    async def run() -> list[dict]:
+        client = Client(cfg)
 
         async def one(i: int) -> dict:
-            fetched = await self.client.fetch(cols["url"][i])
-            row = judge(fetched, cols["expected"][i], self.ingest)
-            row.update(url_hash=cols["url_hash"][i], round=cols["round"][i])
-            self.writer.add(row)
-            return {k: v for k, v in row.items() if k != "image"}
+            row = judge(await client.fetch(urls[i]), ingest, render, md5)
+            row.update(k=keys[i], round=rounds[i])
+            writer.add(row)
+            return row
 
-        done = await asyncio.gather(*(one(i) for i in range(batch.num_rows)))
-        self.writer.flush()
-        self.client.hosts.clear()  # every request has finished: forget the per-host gates
-        return pa.Table.from_pylist(done, schema=URL_TABLE)
-
-    def __del__(self) -> None:
         try:
-            self.loop.run_until_complete(self.client.close())
-            self.loop.close()
-        except Exception:  # interpreter shutdown: nothing left to clean
-            pass
+            return await asyncio.gather(*(one(i) for i in range(todo.num_rows)))
+        finally:
+            await client.close()
+
+    rows = asyncio.run(run())
+    writer.flush()
+    return url_rows(pa.Table.from_pylist(rows, schema=RESULT), todo.column("sources"), fetched=True)
+
+
+def url_rows(results: pa.Table, sources: pa.ChunkedArray | pa.Array, fetched: bool) -> pa.Table:
+    """:data:`URL_ROW` rows of result rows (without their image bytes)."""
+    n = results.num_rows
+    cols = {f.name: results.column(f.name) for f in RESULT if f.name != "image"}
+    cols["fetched"] = pa.array(np.full(n, fetched))
+    cols["sources"] = sources
+    return pa.table(cols).select(URL_ROW.names).cast(URL_ROW)

@@ -105,7 +105,8 @@ def reject_info(reason: str, detail: str | None = None, score: float | None = No
 
 @dataclass(frozen=True)
 class ImageInfo:
-    """What ingest records about an image: hash, size, format and its perceptual hashes."""
+    """What ingest records about an image: hash, size, format and its perceptual hashes; with a
+    :class:`Render`, also the rendered JPEG."""
 
     sha256: str
     width: int
@@ -113,6 +114,17 @@ class ImageInfo:
     format: str
     phash: int | None = None
     dhash: int | None = None
+    rendered: bytes | None = None
+
+
+@dataclass(frozen=True)
+class Render:
+    """A square JPEG made from the same decode (``mm1data download --image-size``): the shorter side
+    resized to ``size`` and the center cropped, with img2dataset's filters (area when shrinking,
+    Lanczos when enlarging), encoded at ``quality``."""
+
+    size: int
+    quality: int = 95
 
 
 class BadImage(Exception):
@@ -124,10 +136,14 @@ class BadImage(Exception):
         self.detail = detail
 
 
-def describe_image(data: bytes | None, cfg: IngestConfig) -> ImageInfo:
+def describe_image(data: bytes | None, cfg: IngestConfig, render: Render | None = None) -> ImageInfo:
     """The one decode of an image when it is first read: hash it, measure it, and decode the whole
     stream once (JPEG at a reduced scale, in grayscale) to prove it is whole and to compute its
     perceptual hashes (:mod:`mm1data.dedup.image_hash`), which later phases read as columns.
+
+    With ``render`` the one decode is in color at the scale the render needs: the hashes are
+    computed from it (reduced by the factor the grayscale draft would use, so they match that
+    path's within a few bits) and the rendered JPEG is returned in ``rendered``.
 
     Raises :class:`BadImage` with reason ``image_empty``, ``image_too_large`` (bytes),
     ``decompression_bomb`` (pixels) or ``image_undecodable``.
@@ -138,6 +154,7 @@ def describe_image(data: bytes | None, cfg: IngestConfig) -> ImageInfo:
         raise BadImage("image_empty", "zero-byte image")
     if len(data) > cfg.max_image_bytes:
         raise BadImage("image_too_large", f"{len(data)} bytes > {cfg.max_image_bytes}")
+    rendered = None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -146,7 +163,10 @@ def describe_image(data: bytes | None, cfg: IngestConfig) -> ImageInfo:
                 fmt = (img.format or "unknown").lower()
                 if width * height > cfg.max_image_pixels:
                     raise BadImage("decompression_bomb", f"{width}x{height} pixels > {cfg.max_image_pixels}")
-                phash, dhash = hashes_of(img)  # decodes the whole stream: catches truncated data
+                if render is None:
+                    phash, dhash = hashes_of(img)  # decodes the whole stream: catches truncated data
+                else:
+                    phash, dhash, rendered = _render(img, render)
     except BadImage:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
@@ -154,7 +174,48 @@ def describe_image(data: bytes | None, cfg: IngestConfig) -> ImageInfo:
     except Exception as e:  # Pillow raises many types for corrupt data
         detail = re.sub(r" at 0x[0-9a-fA-F]+", "", str(e))[:200]  # no memory addresses: same bytes every run
         raise BadImage("image_undecodable", f"{type(e).__name__}: {detail}") from e
-    return ImageInfo(hashlib.sha256(data).hexdigest(), width, height, fmt, phash, dhash)
+    return ImageInfo(hashlib.sha256(data).hexdigest(), width, height, fmt, phash, dhash, rendered)
+
+
+def _draft_scale(width: int, height: int, target: tuple[int, int]) -> int:
+    """The DCT scale (8, 4, 2 or 1) Pillow's JPEG draft picks for ``target``."""
+    scale = min(width // target[0], height // target[1])
+    return next(s for s in (8, 4, 2, 1) if scale >= s)
+
+
+def _render(img: Image.Image, render: Render) -> tuple[int, int, bytes]:
+    """(pHash, dHash, square JPEG) of an opened image from one color decode."""
+    from PIL import ImageOps
+
+    from mm1data.dedup.image_hash import GRAY_DRAFT, hashes_of_gray
+
+    size = render.size
+    w0, h0 = img.size
+    drafted = (
+        img.format == "JPEG" and img.draft("RGB", (size, size)) is not None
+    )  # smallest DCT scale >= size
+    has_alpha = img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info)
+    img.load()  # the decode
+    rgb = img if img.mode == ("RGBA" if has_alpha else "RGB") else img.convert("RGBA" if has_alpha else "RGB")
+    gray = rgb.convert("L")
+    if drafted:  # reduce to the scale the grayscale draft of hashes_of would have decoded at
+        factor = _draft_scale(w0, h0, GRAY_DRAFT) // max(1, round(w0 / rgb.width))
+        if factor > 1:
+            gray = gray.reduce(factor)
+    phash, dhash = hashes_of_gray(gray)
+    rgb = ImageOps.exif_transpose(rgb) if img.getexif().get(0x0112, 1) != 1 else rgb
+    if has_alpha:
+        flat = Image.new("RGB", rgb.size, (255, 255, 255))
+        flat.paste(rgb, mask=rgb.getchannel("A"))
+        rgb = flat
+    w, h = rgb.size
+    side = min(w, h)
+    box = ((w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2)
+    resample = Image.Resampling.BOX if side >= size else Image.Resampling.LANCZOS
+    square = rgb.resize((size, size), resample, box=box)
+    out = io.BytesIO()
+    square.save(out, format="JPEG", quality=render.quality)
+    return phash, dhash, out.getvalue()
 
 
 def image_fields(data: bytes, info: ImageInfo) -> dict:

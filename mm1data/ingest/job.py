@@ -15,7 +15,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from mm1data.config import IngestConfig, Recipe, Sources, to_dict
+from mm1data.config import IngestConfig, Recipe, Sources, reader_config, to_dict
 from mm1data.errors import UsageError
 from mm1data.ingest import plan, read_unit
 from mm1data.ingest.base import Unit
@@ -74,19 +74,26 @@ def source_signature(units: dict[str, list[Unit]]) -> list:
 
 
 class IngestPhase(Phase):
-    """Read every source into records of the stream schemas (bad records become rejects)."""
+    """Read every source into records of the stream schemas (bad records become rejects).
+
+    ``synthetic`` False leaves the synthetic captions unjoined (their lines read and checked) for
+    the download phase, which joins them once the URL-only pairs have their images (and sha256)."""
 
     name = "ingest"
 
-    def __init__(self, sources: Sources, cfg: IngestConfig, units: dict[str, list[Unit]]) -> None:
-        self.sources, self.cfg, self.units = sources, cfg, units
+    def __init__(
+        self, sources: Sources, cfg: IngestConfig, units: dict[str, list[Unit]], synthetic: bool = True
+    ) -> None:
+        self.sources, self.cfg, self.units, self.synthetic = sources, cfg, units, synthetic
         self.outputs = tuple(stream_output(s) for s in units)
 
     def fingerprint(self) -> Any:
-        return [to_dict(self.sources), to_dict(self.cfg), source_signature(self.units)]
+        return [to_dict(self.sources), to_dict(self.cfg), source_signature(self.units), self.synthetic]
 
     def run(self, data: Data, ctx: Context) -> dict[str, Any]:
         out = {s: read_stream(us, self.cfg) for s, us in self.units.items()}
+        if not self.synthetic:
+            return out
         if "synthetic_caption" in out and "caption" in out:
             captions = out["caption"].materialize()
             lines = out["synthetic_caption"].materialize()
@@ -162,8 +169,22 @@ def export_streams(data: Data, output: str, streams: tuple[str, ...] = tuple(STR
         data.kept(s).drop_columns(["reject"]).write_parquet(path, filesystem=fs, min_rows_per_file=100_000)
 
 
+def ingest_phases(recipe: Recipe, units: dict[str, list[Unit]]) -> list[Phase]:
+    """The ingest phase, and the download phase after it when ``recipe.download`` is enabled."""
+
+    if not recipe.download.enabled:
+        return [IngestPhase(recipe.sources, recipe.ingest, units)]
+    from mm1data.download.phase import DownloadPhase
+
+    return [
+        IngestPhase(recipe.sources, reader_config(recipe), units, synthetic=False),
+        DownloadPhase(recipe.download, recipe.ingest, synthetic=True),
+    ]
+
+
 def run_ingest(recipe: Recipe, output: str, quiet: bool = False) -> dict:
-    """Ingest every source of ``recipe`` into ``output``; returns (and writes) the stats."""
+    """Ingest every source of ``recipe`` into ``output`` (fetching URL-only images first when
+    ``recipe.download`` is enabled); returns (and writes) the stats."""
     from mm1data.report import StageLog
     from mm1data.runners.executor import Executor
 
@@ -176,7 +197,7 @@ def run_ingest(recipe: Recipe, output: str, quiet: bool = False) -> dict:
         return stats
 
     executor = Executor(output, recipe.ray.address, recipe.ray.num_cpus, StageLog(quiet=True))
-    return executor.run([IngestPhase(recipe.sources, recipe.ingest, units)], amend=amend).stats
+    return executor.run(ingest_phases(recipe, units), amend=amend).stats
 
 
 __all__ = [
@@ -184,6 +205,7 @@ __all__ = [
     "ReadRecordsPhase",
     "SYNTHETIC_LINE",
     "export_streams",
+    "ingest_phases",
     "plan_streams",
     "run_ingest",
 ]
