@@ -185,7 +185,7 @@ class CachingResolver(AbstractResolver):
     async def resolve(
         self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
     ) -> list[ResolveResult]:
-        key = (host, port, family)
+        key = (host, family)  # (the port is no part of the lookup: http and https share it)
         now = time.monotonic()
         hit = self.cache.get(key)
         if hit is None or now - hit[0] > self.ttl_s:
@@ -194,7 +194,7 @@ class CachingResolver(AbstractResolver):
             hit = (now, asyncio.ensure_future(self._lookup(host, port, family)))
             self.cache[key] = hit
         try:
-            return await asyncio.shield(hit[1])
+            return [{**r, "port": port} for r in await asyncio.shield(hit[1])]
         except DnsFailure as e:
             if e.temporary and self.cache.get(key) is hit:
                 del self.cache[key]

@@ -97,6 +97,8 @@ def judge(fetched: Fetched, ingest: IngestConfig, render: Render | None, md5: bo
     return {
         **row,
         "status": OK,
+        "reason": None,
+        "detail": None,
         "md5": hashlib.md5(data).hexdigest() if md5 else None,
         "image": image,
         "image_bytes": len(image),

@@ -256,7 +256,11 @@ def plan_urls(parts: dict[str, pa.Table], retry_failed: bool, need_md5: bool) ->
         url=urls, k=keys, round=pa.array(rounds), sources=sources, fetched=pa.array(np.zeros(n, bool)),
         todo=pa.array(todo),
     )  # fmt: skip
-    return pa.table([cols[f.name] for f in PLAN], schema=PLAN)
+    plan = pa.table([cols[f.name] for f in PLAN], schema=PLAN)
+    # by host, so that the fetch tasks cut from it get a host's URLs together (one DNS lookup and
+    # kept-alive connections per host and task)
+    by_host = pa.table({"host": hosts_of(urls), "url": urls})
+    return plan.take(pc.sort_indices(by_host, [("host", "ascending"), ("url", "ascending")]))
 
 
 def _resolve(
@@ -433,11 +437,14 @@ def fill_docs(parts: dict[str, pa.Table]) -> pa.Table:
     return out.cast(INTERLEAVED_DOC)
 
 
+def hosts_of(urls: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+    """The lower-cased host of each URL ("" when there is none)."""
+    return pc.utf8_lower(pc.fill_null(pc.struct_field(pc.extract_regex(urls, HOST), "host"), ""))
+
+
 def host_key(urls: pa.Table) -> pa.Table:
     """URL rows with the int64 key of their host, ``_h`` (the stats are partitioned by host)."""
-    hosts = pc.struct_field(pc.extract_regex(urls.column("url"), HOST), "host")
-    hosts = pc.utf8_lower(pc.fill_null(hosts, ""))
-    return urls.append_column("_h", pa.array(hash64(hosts.to_pylist()), pa.int64()))
+    return urls.append_column("_h", pa.array(hash64(hosts_of(urls.column("url")).to_pylist()), pa.int64()))
 
 
 def _counts(
@@ -477,7 +484,7 @@ def url_stats(parts: dict[str, pa.Table], top: int) -> pa.Table:
         k, v = _counts("source|", pc.binary_join_element_wise(names, suffix, "|"), values)
         keys += k
         ns += v
-    hosts = pc.utf8_lower(pc.fill_null(pc.struct_field(pc.extract_regex(t.column("url"), HOST), "host"), ""))
+    hosts = hosts_of(t.column("url"))
     per = pa.table({"host": hosts, "one": np.ones(t.num_rows, np.int64), "ok": ok.astype(np.int64)})
     per = per.group_by("host").aggregate([("one", "sum"), ("ok", "sum")])
     per = per.sort_by([("one_sum", "descending"), ("host", "ascending")]).slice(0, top)

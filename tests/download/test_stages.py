@@ -1,8 +1,11 @@
 """The download phase's pure pieces without Ray: readers leave URL-only images pending, the plan
-reuses or refetches per URL whatever the row order, fills keep one result round per record."""
+reuses or refetches per URL whatever the row order, fills take the latest result per URL and check
+each record's expected digest, docs lose failed items, the render comes from the one decode."""
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import random
 
@@ -10,19 +13,25 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mm1data.config import DownloadConfig, IngestConfig
-from mm1data.download.fetch import url_hash
 from mm1data.download.phase import (
-    PLAN_IN,
-    caption_refs,
+    DOCS,
+    FILL_RESULT,
+    ITEM_FILL,
+    PAIRS,
+    REF,
+    STORED,
     fill_docs,
+    fill_pairs,
     item_refs,
-    latest_round,
+    pair_refs,
+    pending_docs,
+    pending_pairs,
     plan_urls,
-    stored_results,
+    url_keys,
 )
 from mm1data.ingest import read_unit
-from mm1data.ingest.base import Unit
-from mm1data.schemas import INTERLEAVED_DOC
+from mm1data.ingest.base import Render, Unit, describe_image
+from mm1data.schemas import CAPTION_PAIR
 
 ON = IngestConfig(download=DownloadConfig(enabled=True, hash_col="sha256"))
 
@@ -75,55 +84,82 @@ def test_mmc4_raw_urls_become_pending_items(shared_data):
     assert sum(len(r["item_rejects"] or []) for r in off) == 417  # every image: image_missing
     items = [it for r in on for it in r["items"] or [] if it["kind"] == "image"]
     assert len(items) == 417 and all(it["image"] is None and it["url"] for it in items)
-    refs = pa.concat_tables([item_refs(t) for t in read_unit(Unit("interleaved", "mmc4", str(mmc4)), ON)])
+    refs = pa.concat_tables([item_refs(pending_docs(t)) for t in read_unit(Unit("interleaved", "mmc4", str(mmc4)), ON)])
     assert refs.num_rows == 417
 
 
+def _stored(rows: list[dict]) -> pa.Table:
+    for r in rows:
+        r["k"] = url_keys(pa.array([r["url"]]))[0].as_py()
+    return pa.Table.from_pylist(rows, schema=STORED)
+
+
 def test_plan_is_the_same_whatever_the_row_order():
-    urls = [f"http://h/{i}.jpg" for i in range(6)]
-    refs = caption_refs(
-        pa.Table.from_pylist(
-            [{"id": f"r{i}", "url": u, "image": None, "image_sha256": None, "reject": None} for i, u in
-             enumerate(urls + urls[:2])]
-        )
-    )  # fmt: skip
-    assert refs.num_rows == 8
-    stored = stored_results(
-        pa.Table.from_pylist(
-            [
-                {"url_hash": url_hash(urls[0]), "url": urls[0], "round": 0, "status": "ok", "reason": None,
-                 "retryable": False},
-                {"url_hash": url_hash(urls[1]), "url": urls[1], "round": 0, "status": "failed",
-                 "reason": "timeout", "retryable": True},
-                {"url_hash": url_hash(urls[2]), "url": urls[2], "round": 0, "status": "failed",
-                 "reason": "http_404", "retryable": False},
-                {"url_hash": url_hash(urls[1]), "url": urls[1], "round": 1, "status": "failed",
-                 "reason": "http_5xx", "retryable": True},
-                {"url_hash": url_hash("http://gone/"), "url": "http://gone/", "round": 0, "status": "ok"},
-            ]
-        )
-    )  # fmt: skip
-    block = pa.concat_tables([refs, stored]).cast(PLAN_IN)
+    urls = [f"http://h{i % 2}/{i}.jpg" for i in range(6)]
+    pairs = pa.Table.from_pylist(
+        [{"id": f"r{i}", "url": u, "lineage": {"source": "s", "offset": i}} for i, u in enumerate(urls + urls[:2])],
+        schema=CAPTION_PAIR,
+    )
+    refs = pair_refs(pairs)
+    assert refs.num_rows == 8 and refs.schema == REF
+    stored = _stored(
+        [
+            {"url": urls[0], "round": 0, "status": "ok", "retryable": False},
+            {"url": urls[1], "round": 0, "status": "failed", "reason": "timeout", "retryable": True},
+            {"url": urls[2], "round": 0, "status": "failed", "reason": "http_404", "retryable": False},
+            {"url": urls[1], "round": 1, "status": "failed", "reason": "http_5xx", "retryable": True},
+            {"url": "http://gone/", "round": 0, "status": "ok"},
+        ]
+    )
     for retry in (False, True):
         plans = []
         for seed in range(3):
-            order = list(range(block.num_rows))
-            random.Random(seed).shuffle(order)
-            plans.append(plan_urls(block.take(order), retry).to_pylist())
+            rng = random.Random(seed)
+            parts = {}
+            for name, t in (("refs", refs), ("stored", stored)):
+                order = list(range(t.num_rows))
+                rng.shuffle(order)
+                parts[name] = t.take(order)
+            plans.append(plan_urls(parts, retry, False).to_pylist())
         assert plans[0] == plans[1] == plans[2]
         by_url = {p["url"]: p for p in plans[0]}
         assert set(by_url) == set(urls)  # one row per referenced URL, the unreferenced result dropped
         assert [by_url[u]["todo"] for u in urls] == [False, retry, False, True, True, True]
         assert by_url[urls[1]]["round"] == (2 if retry else 1)
+        assert by_url[urls[0]]["sources"] == [{"source": "s", "refs": 2}]
+        assert [p["url"].split("/")[2] for p in plans[0]] == ["h0"] * 3 + ["h1"] * 3  # by host
 
 
-def test_fills_keep_the_latest_round_and_docs_lose_failed_items():
-    joined = pa.table({"row_key": ["a", "a", "b"], "r_round": [0, 1, None], "v": [1, 2, 3]})
-    assert latest_round(joined, "row_key").to_pydict() == {
-        "row_key": ["a", "b"],
-        "r_round": [1, None],
-        "v": [2, 3],
-    }
+def test_fills_take_the_latest_result_and_check_each_records_digest():
+    body = b"\xff\xd8 pretend jpeg"
+    sha, md5 = hashlib.sha256(body).hexdigest(), hashlib.md5(body).hexdigest()
+    url, gone = "http://h/a.jpg", "http://h/gone.jpg"
+    expected = [None, f"sha256:{sha}", f"md5:{md5}", "sha256:" + "0" * 64, None]
+    pairs = pa.Table.from_pylist(
+        [{"id": f"r{i}", "url": url if i < 4 else gone, "image_sha256": e, "lineage": {"source": "s", "offset": i},
+          "captions": [{"text": "a cat", "provenance": "alt"}]} for i, e in enumerate(expected)],
+        schema=CAPTION_PAIR,
+    )  # fmt: skip
+    pairs = pending_pairs(pairs)
+    assert pairs.schema == PAIRS
+    results = pa.Table.from_pylist(
+        [
+            {"url": url, "round": 0, "status": "failed", "reason": "timeout"},
+            {"url": url, "round": 1, "status": "ok", "md5": md5, "image": body, "image_sha256": sha,
+             "width": 4, "height": 3, "format": "jpeg"},
+            {"url": gone, "round": 0, "status": "failed", "reason": "http_404", "detail": "HTTP 404"},
+        ],
+        schema=FILL_RESULT,
+    )  # fmt: skip
+    results = results.set_column(0, "k", url_keys(results.column("url")))
+    out = fill_pairs({"pairs": pairs.take([4, 3, 2, 1, 0]), "results": results}).to_pylist()
+    assert [r["id"] for r in out] == ["r0", "r1", "r2", "r3", "r4"]  # the same order whatever came in
+    assert [(r["reject"] or {}).get("reason") for r in out] == [None, None, None, "hash_mismatch", "http_404"]
+    assert all(r["image"] == body and r["width"] == 4 and r["image_sha256"] == sha for r in out[:3])
+    assert out[3]["image"] is None and out[3]["reject"]["stage"] == "download"
+
+
+def test_docs_lose_failed_items_and_a_doc_with_none_left_is_rejected():
     doc = {
         "id": "d",
         "items": [
@@ -133,38 +169,35 @@ def test_fills_keep_the_latest_round_and_docs_lose_failed_items():
         ],
         "lineage": {"source": "s", "offset": 0},
         "item_rejects": [],
-        "fills": [
-            {"item_index": 1, "status": "ok", "image": b"x", "image_sha256": "f" * 64, "width": 9,
-             "height": 9, "format": "jpeg"},
-            {"item_index": 2, "status": "failed", "reason": "http_404", "detail": "HTTP 404"},
-        ],
-    }  # fmt: skip
-    fill = pa.struct(
-        [("item_index", pa.int32()), ("status", pa.string()), ("reason", pa.string()),
-         ("detail", pa.string()), ("image", pa.binary()), ("image_sha256", pa.string()),
-         ("width", pa.int32()), ("height", pa.int32()), ("format", pa.string())]
+    }
+    only = {"id": "e", "items": [{"kind": "image", "url": "http://h/2.jpg", "position": 0}],
+            "lineage": {"source": "s", "offset": 1}, "item_rejects": []}  # fmt: skip
+    docs = pending_docs(pa.Table.from_pylist([doc, only], schema=DOCS.remove(DOCS.get_field_index("_row"))))
+    refs = item_refs(docs).to_pylist()
+    assert [(r["item"], r["url"]) for r in refs] == [(1, "http://h/1.jpg"), (2, "http://h/2.jpg"), (0, "http://h/2.jpg")]
+    rows = docs.column("_row").to_pylist()
+    fills = pa.Table.from_pylist(
+        [{"_row": rows[0], "item": 1, "ok": True, "image": b"x", "image_sha256": "f" * 64, "width": 9,
+          "height": 9, "format": "jpeg"},
+         {"_row": rows[0], "item": 2, "ok": False, "reason": "http_404", "detail": "http://h/2.jpg: HTTP 404"},
+         {"_row": rows[1], "item": 0, "ok": False, "reason": "http_404", "detail": "http://h/2.jpg: HTTP 404"}],
+        schema=ITEM_FILL,
     )  # fmt: skip
-    table = pa.Table.from_pylist([doc], schema=INTERLEAVED_DOC.append(pa.field("fills", pa.list_(fill))))
-    (out,) = fill_docs(table).to_pylist()
-    assert [it["kind"] for it in out["items"]] == ["text", "image"] and out["items"][1]["width"] == 9
-    assert [r["reason"] for r in out["item_rejects"]] == ["http_404"] and out["reject"] is None
+    out = fill_docs({"docs": docs.take([1, 0]), "fills": fills}).to_pylist()
+    assert [d["id"] for d in out] == ["d", "e"]
+    assert [it["kind"] for it in out[0]["items"]] == ["text", "image"] and out[0]["items"][1]["width"] == 9
+    assert [r["reason"] for r in out[0]["item_rejects"]] == ["http_404"] and out[0]["reject"] is None
+    assert out[1]["reject"]["reason"] == "empty_document" and out[1]["items"] is None
 
 
-def test_resize_for_download_shards_center_crops_and_rejects_what_fails(shared_data):
-    import io
-
+def test_render_is_a_center_crop_from_the_one_decode(shared_data):
     from PIL import Image
 
-    from mm1data.download.job import resize_batch
-    from mm1data.schemas import CAPTION_PAIR
+    from mm1data.config import IngestConfig as Limits
 
     jpg = next((shared_data / "a-coco-mini" / "val2017").glob("*.jpg")).read_bytes()
-    table = pa.Table.from_pylist(
-        [{"id": "a", "image": jpg, "format": "jpeg", "width": 640},
-         {"id": "b", "image": b"not an image", "format": "png"},
-         {"id": "c", "image": None, "reject": {"stage": "download", "reason": "http_404"}}],
-        schema=CAPTION_PAIR,
-    )  # fmt: skip
-    out = resize_batch(table, 64, 90).to_pylist()
-    assert Image.open(io.BytesIO(out[0]["image"])).size == (64, 64) and out[0]["width"] == 640
-    assert [(r["reject"] or {}).get("reason") for r in out] == [None, "image_undecodable", "http_404"]
+    plain = describe_image(jpg, Limits())
+    info = describe_image(jpg, Limits(), Render(64, 90))
+    assert Image.open(io.BytesIO(info.rendered)).size == (64, 64)
+    assert (info.width, info.height, info.sha256) == (plain.width, plain.height, plain.sha256)
+    assert bin(info.phash ^ plain.phash).count("1") <= 8  # the same picture to the perceptual hash
