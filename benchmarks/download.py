@@ -141,8 +141,22 @@ def run_img2dataset(python: str, table: Path, out: Path, size: int, cores: int) 
 
 def run_mm1data(table: Path, out: Path, size: int, recipe: Path) -> dict:
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
-    cmd = [sys.executable, "-m", "mm1data.cli", "download", str(table), "--output", str(out),
-           "--image-size", str(size), "--shard-size", "10000", "--config", str(recipe), "--quiet"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "mm1data.cli",
+        "download",
+        str(table),
+        "--output",
+        str(out),
+        "--image-size",
+        str(size),
+        "--shard-size",
+        "10000",
+        "--config",
+        str(recipe),
+        "--quiet",
+    ]
     m = measure(cmd, env)
     stats = json.loads((out / "stats.json").read_text())
     m["images"] = stats["kept"]
@@ -155,8 +169,10 @@ def main() -> None:
     ap.add_argument("--urls", type=int, default=5000)
     ap.add_argument("--fail-pct", type=float, default=3.0)
     ap.add_argument("--image-size", type=int, default=378)
-    ap.add_argument("--img2dataset-python", default=os.environ.get("IMG2DATASET_PYTHON",
-                    "/work/venvs/img2dataset/bin/python"))  # fmt: skip
+    ap.add_argument(
+        "--img2dataset-python",
+        default=os.environ.get("IMG2DATASET_PYTHON", "/work/venvs/img2dataset/bin/python"),
+    )
     args = ap.parse_args()
     if not Path(args.img2dataset_python).exists():
         raise SystemExit(f"img2dataset's python not found: {args.img2dataset_python} (see the module doc)")
@@ -167,28 +183,34 @@ def main() -> None:
         good = make_table(srv, args.urls, args.fail_pct, tmp_path / "urls.parquet")
         # loopback only: names resolve at a stub that answers NXDOMAIN, connections reach 127.0.0.0/8 only
         recipe = tmp_path / "recipe.yaml"
-        recipe.write_text(
-            f"download:\n  allow_networks: ['127.0.0.0/8']\n  dns_servers: ['{dns.address}']\n"
-        )
+        recipe.write_text(f"download:\n  allow_networks: ['127.0.0.0/8']\n  dns_servers: ['{dns.address}']\n")
         rows = {
             "img2dataset 1.47": run_img2dataset(
                 args.img2dataset_python, tmp_path / "urls.parquet", tmp_path / "i2d", args.image_size, cores
             ),
             "mm1data": run_mm1data(tmp_path / "urls.parquet", tmp_path / "mm1", args.image_size, recipe),
         }
-    print(f"\n{args.urls} URLs ({good} good, {args.urls - good} planted failures) on 127.0.0.1, "
-          f"center crop {args.image_size}, {cores} cores")  # fmt: skip
-    print(f"{'tool':<18}{'wall s':>8}{'images':>8}{'img/s':>8}{'img/s/core':>12}{'img/CPU-s':>11}"
-          f"{'peak PSS':>12}")  # fmt: skip
+    print(
+        f"\n{args.urls} URLs ({good} good, {args.urls - good} planted failures) on 127.0.0.1, "
+        f"center crop {args.image_size}, {cores} cores"
+    )
+    print(
+        f"{'tool':<18}{'wall s':>8}{'images':>8}{'img/s':>8}{'img/s/core':>12}{'img/CPU-s':>11}"
+        f"{'peak PSS':>12}"
+    )
     for name, m in rows.items():
         rate = m["images"] / m["wall_s"]
-        print(f"{name:<18}{m['wall_s']:>8.1f}{m['images']:>8}{rate:>8.1f}{rate / cores:>12.1f}"
-              f"{m['images'] / max(m['cpu_s'], 1e-9):>11.1f}{m['peak_rss'] / 2**20:>8.0f} MiB")  # fmt: skip
+        print(
+            f"{name:<18}{m['wall_s']:>8.1f}{m['images']:>8}{rate:>8.1f}{rate / cores:>12.1f}"
+            f"{m['images'] / max(m['cpu_s'], 1e-9):>11.1f}{m['peak_rss'] / 2**20:>8.0f} MiB"
+        )
     a, b = rows["mm1data"], rows["img2dataset 1.47"]
     ratio = (a["images"] / a["wall_s"]) / (b["images"] / b["wall_s"])
     cpu_ratio = (a["images"] / a["cpu_s"]) / (b["images"] / b["cpu_s"])
-    print(f"mm1data / img2dataset: {ratio:.2f}x images/s per core, {cpu_ratio:.2f}x images per CPU-second "
-          f"(mm1data's Ray start-up: {a['ray_start_s']:.1f} s of its wall time)")  # fmt: skip
+    print(
+        f"mm1data / img2dataset: {ratio:.2f}x images/s per core, {cpu_ratio:.2f}x images per CPU-second "
+        f"(mm1data's Ray start-up: {a['ray_start_s']:.1f} s of its wall time)"
+    )
 
 
 if __name__ == "__main__":

@@ -226,7 +226,7 @@ def build(output: str, quiet: bool, restart: bool, log_json: bool, **kw: Any) ->
 @click.option(
     "--image-size", type=int, default=None, help="Center-crop to N×N JPEG (default: keep the bytes)."
 )
-@click.option("--jpeg-quality", type=int, default=95, show_default=True, help="Quality of --image-size JPEGs.")
+@click.option("--jpeg-quality", type=int, default=95, show_default=True, help="--image-size JPEG quality.")
 @click.option("--shard-size", type=int, default=10_000, show_default=True, help="Rows per shard.")
 @click.option("--config", "config", type=click.Path(), help="YAML recipe; its `download:` section is used.")
 @click.option("--ray-address", default=None, help="Join an existing Ray cluster instead of a local one.")

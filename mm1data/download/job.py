@@ -148,7 +148,9 @@ def write_shards(parts: dict[str, pa.Table], output: str, shard_size: int) -> pa
     table = parts["rows"]
     if table.num_rows == 0:
         return SHARD_OUT.empty_table()
-    order = pc.sort_indices(table.select(["shard", "index"]), [("shard", "ascending"), ("index", "ascending")])
+    order = pc.sort_indices(
+        table.select(["shard", "index"]), [("shard", "ascending"), ("index", "ascending")]
+    )
     order = order.to_numpy()
     cols = {c: table.column(c).to_pylist() for c in ROW_COLUMNS if c != "image"}
     images = table.column("image")
@@ -166,8 +168,15 @@ def write_shards(parts: dict[str, pa.Table], output: str, shard_size: int) -> pa
             caption = cols["captions"][i][0]["text"] if cols["captions"][i] else None
             url, fmt = cols["url"][i], cols["format"][i]
             if rej is None:
-                meta = {"key": key, "url": url, "caption": caption, "width": cols["width"][i],
-                        "height": cols["height"][i], "sha256": cols["image_sha256"][i], "status": "success"}  # fmt: skip
+                meta = {
+                    "key": key,
+                    "url": url,
+                    "caption": caption,
+                    "width": cols["width"][i],
+                    "height": cols["height"][i],
+                    "sha256": cols["image_sha256"][i],
+                    "status": "success",
+                }
                 members = {
                     EXT.get(fmt or "", fmt or "bin"): images[i].as_buffer().to_pybytes(),
                     "json": json.dumps(meta, sort_keys=True, ensure_ascii=False).encode(),
@@ -177,20 +186,33 @@ def write_shards(parts: dict[str, pa.Table], output: str, shard_size: int) -> pa
                 samples.append((key, members))
             lin = cols["lineage"][i] or {}
             status.append(
-                {"key": key, "id": cols["id"][i], "url": url, "caption": caption,
-                 "status": "success" if rej is None else "failed",
-                 **{k: (rej or {}).get(k) for k in ("stage", "reason", "detail")},
-                 "width": cols["width"][i], "height": cols["height"][i],
-                 "image_sha256": cols["image_sha256"][i] if rej is None else None,
-                 "source": lin.get("source"), "offset": lin.get("offset")}
-            )  # fmt: skip
+                {
+                    "key": key,
+                    "id": cols["id"][i],
+                    "url": url,
+                    "caption": caption,
+                    "status": "success" if rej is None else "failed",
+                    **{k: (rej or {}).get(k) for k in ("stage", "reason", "detail")},
+                    "width": cols["width"][i],
+                    "height": cols["height"][i],
+                    "image_sha256": cols["image_sha256"][i] if rej is None else None,
+                    "source": lin.get("source"),
+                    "offset": lin.get("offset"),
+                }
+            )
         tar, _ = tar_bytes(samples)
         buf = io.BytesIO()
         pq.write_table(pa.Table.from_pylist(status, schema=ROW_STATUS), buf, compression="zstd")
         put_whole(fs, f"{root}/{shard:05d}.parquet", buf.getvalue())
         put_whole(fs, f"{root}/{shard:05d}.tar", tar)
-        out.append({"shard": shard, "rows": len(status), "kept": len(samples),
-                    "tar_sha256": hashlib.sha256(tar).hexdigest()})  # fmt: skip
+        out.append(
+            {
+                "shard": shard,
+                "rows": len(status),
+                "kept": len(samples),
+                "tar_sha256": hashlib.sha256(tar).hexdigest(),
+            }
+        )
     return pa.Table.from_pylist(out, schema=SHARD_OUT)
 
 

@@ -45,7 +45,7 @@ from mm1data.ingest.synthetic import (
     row_key,
     unmatched_lines,
 )
-from mm1data.runners.executor import Context, Data, Output, Phase, count_rows, stream_output
+from mm1data.runners.executor import Context, Data, Output, Phase, stream_output
 from mm1data.runners.shuffle import cogroup, hash64, join_indices, partitions_for, sum_counts
 from mm1data.runners.workdir import read_files
 from mm1data.schemas import CAPTION_PAIR, IMAGE_FIELDS, INTERLEAVED_DOC, ITEM, REJECT_INFO
@@ -192,9 +192,15 @@ def latest_rows(results: pa.Table) -> np.ndarray:
     )
     order = pc.sort_indices(
         key,
-        [("url", "ascending"), ("round", "descending"), ("failed", "ascending"), ("sha", "ascending"),
-         ("reason", "ascending"), ("detail", "ascending")],
-    )  # fmt: skip
+        [
+            ("url", "ascending"),
+            ("round", "descending"),
+            ("failed", "ascending"),
+            ("sha", "ascending"),
+            ("reason", "ascending"),
+            ("detail", "ascending"),
+        ],
+    )
     urls = results.column("url").take(order).combine_chunks()
     first = np.ones(len(urls), bool)
     first[1:] = pc.not_equal(urls.slice(1), urls.slice(0, len(urls) - 1)).to_numpy(zero_copy_only=False)
@@ -253,9 +259,13 @@ def plan_urls(parts: dict[str, pa.Table], retry_failed: bool, need_md5: bool) ->
         col = prior.column(f.name) if prior is not None else pa.nulls(n, f.type)
         cols[f.name] = pc.if_else(reuse, col, pa.scalar(None, f.type))
     cols.update(
-        url=urls, k=keys, round=pa.array(rounds), sources=sources, fetched=pa.array(np.zeros(n, bool)),
+        url=urls,
+        k=keys,
+        round=pa.array(rounds),
+        sources=sources,
+        fetched=pa.array(np.zeros(n, bool)),
         todo=pa.array(todo),
-    )  # fmt: skip
+    )
     plan = pa.table([cols[f.name] for f in PLAN], schema=PLAN)
     # by host, so that the fetch tasks cut from it get a host's URLs together (one DNS lookup and
     # kept-alive connections per host and task)
@@ -263,9 +273,7 @@ def plan_urls(parts: dict[str, pa.Table], retry_failed: bool, need_md5: bool) ->
     return plan.take(pc.sort_indices(by_host, [("host", "ascending"), ("url", "ascending")]))
 
 
-def _resolve(
-    urls: pa.Array | pa.ChunkedArray, results: pa.Table
-) -> tuple[pa.Table, np.ndarray, np.ndarray]:
+def _resolve(urls: pa.Array | pa.ChunkedArray, results: pa.Table) -> tuple[pa.Table, np.ndarray, np.ndarray]:
     """(the result columns but the bytes, taken row for row with ``urls``; the matching result row
     of each URL or -1; whether it is ok)."""
     chosen = latest_rows(results)
@@ -275,7 +283,13 @@ def _resolve(
     have = match >= 0
     slim = results.drop_columns([c for c in ("image",) if c in results.column_names])
     if results.num_rows == 0:
-        return pa.table({c: pa.nulls(len(urls), t) for c, t in zip(slim.column_names, slim.schema.types, strict=True)}), match, have
+        return (
+            pa.table(
+                {c: pa.nulls(len(urls), t) for c, t in zip(slim.column_names, slim.schema.types, strict=True)}
+            ),
+            match,
+            have,
+        )
     r = slim.take(pa.array(np.where(have, match, 0)))
     ok = have & pc.equal(r.column("status"), OK).to_numpy(zero_copy_only=False)
     return r, match, ok
@@ -297,14 +311,23 @@ def _images(results: pa.Table, match: np.ndarray, good: np.ndarray) -> dict[str,
 def _reject_struct(rejected: np.ndarray, reason, detail) -> pa.StructArray:
     """``download`` rejects where ``rejected`` (null elsewhere)."""
     n = len(rejected)
-    reason = pc.fill_null(reason, "").combine_chunks() if isinstance(reason, pa.ChunkedArray) else pc.fill_null(reason, "")
+    reason = (
+        pc.fill_null(reason, "").combine_chunks()
+        if isinstance(reason, pa.ChunkedArray)
+        else pc.fill_null(reason, "")
+    )
     detail = detail.combine_chunks() if isinstance(detail, pa.ChunkedArray) else detail
     return pa.StructArray.from_arrays(
-        [pa.array(np.full(n, STAGE, object), pa.string()), reason, detail, pa.nulls(n, pa.float64()),
-         pa.nulls(n, pa.string())],
+        [
+            pa.array(np.full(n, STAGE, object), pa.string()),
+            reason,
+            detail,
+            pa.nulls(n, pa.float64()),
+            pa.nulls(n, pa.string()),
+        ],
         fields=list(REJECT_INFO),
         mask=pa.array(~rejected),
-    )  # fmt: skip
+    )
 
 
 def _lineage_order(table: pa.Table) -> pa.Table:
@@ -521,14 +544,23 @@ def stats_from_counts(counts: dict[str, int], top: int) -> dict:
         "image_bytes": counts.get("image_bytes", 0),
         "by_reason": {k.split("|", 1)[1]: n for k, n in counts.items() if k.startswith("reason|")},
         "sources": {
-            s: {"references": c.get("refs", 0), "ok": c.get("ok", 0), "success_rate": rate(c.get("ok", 0), c.get("refs", 0))}
+            s: {
+                "references": c.get("refs", 0),
+                "ok": c.get("ok", 0),
+                "success_rate": rate(c.get("ok", 0), c.get("refs", 0)),
+            }
             for s, c in sorted(sources.items())
         },
         "top_hosts": [
-            {"host": h, "urls": c.get("urls", 0), "ok": c.get("ok", 0), "success_rate": rate(c.get("ok", 0), c.get("urls", 0))}
+            {
+                "host": h,
+                "urls": c.get("urls", 0),
+                "ok": c.get("ok", 0),
+                "success_rate": rate(c.get("ok", 0), c.get("urls", 0)),
+            }
             for h, c in top_hosts
         ],
-    }  # fmt: skip
+    }
 
 
 # --- Ray plumbing (driver) -----------------------------------------------------------------------
@@ -681,13 +713,17 @@ class DownloadPhase(Phase):
 
         # 2. fetch what has no (good enough) result; results stream into checkpoint parts
         todo, n_todo = split_blocks(_map(plan, _is_todo), cfg.urls_per_task)
-        fetched = todo.map_batches(
-            fetch_block,
-            fn_args=(cfg, self.ingest, self.render, parts_url),
-            batch_size=None,
-            batch_format="pyarrow",
-            num_cpus=cfg.task_cpus,
-        ) if n_todo else ray.data.from_arrow(URL_ROW.empty_table())  # fmt: skip
+        fetched = (
+            todo.map_batches(
+                fetch_block,
+                fn_args=(cfg, self.ingest, self.render, parts_url),
+                batch_size=None,
+                batch_format="pyarrow",
+                num_cpus=cfg.task_cpus,
+            )
+            if n_todo
+            else ray.data.from_arrow(URL_ROW.empty_table())
+        )
         urls = _map(plan, _is_reused).union(fetched).materialize()
 
         # 3. stats, partitioned by host

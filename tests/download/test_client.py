@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+
 from mm1data.config import IngestConfig
 from mm1data.download.client import Client, parse_retry_after, robots_tag_block, status_reason, user_agent
 from mm1data.download.fetch import judge
@@ -86,8 +87,14 @@ def test_status_reasons_retry_after_and_user_agent():
     from mm1data.config import DownloadConfig
 
     assert [status_reason(s) for s in (404, 403, 410, 429, 500, 503, 301)] == [
-        "http_404", "http_4xx", "http_4xx", "http_429", "http_5xx", "http_5xx", "http_3xx"
-    ]  # fmt: skip
+        "http_404",
+        "http_4xx",
+        "http_4xx",
+        "http_429",
+        "http_5xx",
+        "http_5xx",
+        "http_3xx",
+    ]
     assert parse_retry_after("3") == 3.0 and parse_retry_after(None) is None
     assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0
     assert "mm1data/" in user_agent(DownloadConfig())

@@ -50,9 +50,22 @@ def test_killed_download_resumes_without_refetching_and_writes_the_same_bytes(
     out = tmp_path / "out"
     server.hold(after=15)
     address = ray_local.get_runtime_context().gcs_address
-    cmd = [sys.executable, "-m", "mm1data.cli", "download", str(tmp_path / "urls.parquet"),
-           "--output", str(out), "--shard-size", "16", "--config", str(recipe), "--quiet",
-           "--ray-address", address]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "mm1data.cli",
+        "download",
+        str(tmp_path / "urls.parquet"),
+        "--output",
+        str(out),
+        "--shard-size",
+        "16",
+        "--config",
+        str(recipe),
+        "--quiet",
+        "--ray-address",
+        address,
+    ]
     proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     parts = out / "_work" / "download" / "results" / "original"
     deadline = time.time() + 240

@@ -34,9 +34,12 @@ def write_inputs(tmp: Path, srv, images: dict[str, bytes]) -> tuple[Path, Path, 
     hashes = [None] * len(cases)
     hashes[-4], hashes[-3] = good_hash, "0" * 64
     table = pa.table(
-        {"URL": [u for u, _ in cases], "TEXT": [f"a photo of thing {i}" for i in range(len(cases))],
-         "sha256": hashes}
-    )  # fmt: skip
+        {
+            "URL": [u for u, _ in cases],
+            "TEXT": [f"a photo of thing {i}" for i in range(len(cases))],
+            "sha256": hashes,
+        }
+    )
     pq.write_table(table, tmp / "pairs.parquet")
     docs = [
         {
@@ -48,9 +51,12 @@ def write_inputs(tmp: Path, srv, images: dict[str, bytes]) -> tuple[Path, Path, 
                 {"raw_url": srv.url(f"img/{names[23]}"), "matched_text_index": 2},
             ],
         },
-        {"url": "http://example.org/only-a-picture", "text_list": [""],
-         "image_info": [{"raw_url": srv.url("404/also-gone.jpg"), "matched_text_index": 0}]},
-    ]  # fmt: skip
+        {
+            "url": "http://example.org/only-a-picture",
+            "text_list": [""],
+            "image_info": [{"raw_url": srv.url("404/also-gone.jpg"), "matched_text_index": 0}],
+        },
+    ]
     mmc4 = tmp / "docs.jsonl"
     mmc4.write_text("".join(json.dumps(d) + "\n" for d in docs))
     return tmp / "pairs.parquet", mmc4, cases
@@ -77,8 +83,10 @@ def test_ingest_with_download_fills_or_rejects_every_pending_image(
     assert cap["read"] == len(cases) == cap["kept"] + cap["rejected"]
     kept = read_out(tmp_path / "out", "caption")
     assert len(kept) == cap["kept"]
-    assert all(r["image"] and r["width"] > 0 and r["image_sha256"] == hashlib.sha256(r["image"]).hexdigest()
-               for r in kept)  # fmt: skip
+    assert all(
+        r["image"] and r["width"] > 0 and r["image_sha256"] == hashlib.sha256(r["image"]).hexdigest()
+        for r in kept
+    )
     rejects = read_out(tmp_path / "out", "rejects/caption")
     assert {r["stage"] for r in rejects} == {"download"} and len(rejects) == cap["rejected"]
 

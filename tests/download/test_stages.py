@@ -84,7 +84,9 @@ def test_mmc4_raw_urls_become_pending_items(shared_data):
     assert sum(len(r["item_rejects"] or []) for r in off) == 417  # every image: image_missing
     items = [it for r in on for it in r["items"] or [] if it["kind"] == "image"]
     assert len(items) == 417 and all(it["image"] is None and it["url"] for it in items)
-    refs = pa.concat_tables([item_refs(pending_docs(t)) for t in read_unit(Unit("interleaved", "mmc4", str(mmc4)), ON)])
+    refs = pa.concat_tables(
+        [item_refs(pending_docs(t)) for t in read_unit(Unit("interleaved", "mmc4", str(mmc4)), ON)]
+    )
     assert refs.num_rows == 417
 
 
@@ -97,7 +99,10 @@ def _stored(rows: list[dict]) -> pa.Table:
 def test_plan_is_the_same_whatever_the_row_order():
     urls = [f"http://h{i % 2}/{i}.jpg" for i in range(6)]
     pairs = pa.Table.from_pylist(
-        [{"id": f"r{i}", "url": u, "lineage": {"source": "s", "offset": i}} for i, u in enumerate(urls + urls[:2])],
+        [
+            {"id": f"r{i}", "url": u, "lineage": {"source": "s", "offset": i}}
+            for i, u in enumerate(urls + urls[:2])
+        ],
         schema=CAPTION_PAIR,
     )
     refs = pair_refs(pairs)
@@ -136,21 +141,38 @@ def test_fills_take_the_latest_result_and_check_each_records_digest():
     url, gone = "http://h/a.jpg", "http://h/gone.jpg"
     expected = [None, f"sha256:{sha}", f"md5:{md5}", "sha256:" + "0" * 64, None]
     pairs = pa.Table.from_pylist(
-        [{"id": f"r{i}", "url": url if i < 4 else gone, "image_sha256": e, "lineage": {"source": "s", "offset": i},
-          "captions": [{"text": "a cat", "provenance": "alt"}]} for i, e in enumerate(expected)],
+        [
+            {
+                "id": f"r{i}",
+                "url": url if i < 4 else gone,
+                "image_sha256": e,
+                "lineage": {"source": "s", "offset": i},
+                "captions": [{"text": "a cat", "provenance": "alt"}],
+            }
+            for i, e in enumerate(expected)
+        ],
         schema=CAPTION_PAIR,
-    )  # fmt: skip
+    )
     pairs = pending_pairs(pairs)
     assert pairs.schema == PAIRS
     results = pa.Table.from_pylist(
         [
             {"url": url, "round": 0, "status": "failed", "reason": "timeout"},
-            {"url": url, "round": 1, "status": "ok", "md5": md5, "image": body, "image_sha256": sha,
-             "width": 4, "height": 3, "format": "jpeg"},
+            {
+                "url": url,
+                "round": 1,
+                "status": "ok",
+                "md5": md5,
+                "image": body,
+                "image_sha256": sha,
+                "width": 4,
+                "height": 3,
+                "format": "jpeg",
+            },
             {"url": gone, "round": 0, "status": "failed", "reason": "http_404", "detail": "HTTP 404"},
         ],
         schema=FILL_RESULT,
-    )  # fmt: skip
+    )
     results = results.set_column(0, "k", url_keys(results.column("url")))
     out = fill_pairs({"pairs": pairs.take([4, 3, 2, 1, 0]), "results": results}).to_pylist()
     assert [r["id"] for r in out] == ["r0", "r1", "r2", "r3", "r4"]  # the same order whatever came in
@@ -170,19 +192,49 @@ def test_docs_lose_failed_items_and_a_doc_with_none_left_is_rejected():
         "lineage": {"source": "s", "offset": 0},
         "item_rejects": [],
     }
-    only = {"id": "e", "items": [{"kind": "image", "url": "http://h/2.jpg", "position": 0}],
-            "lineage": {"source": "s", "offset": 1}, "item_rejects": []}  # fmt: skip
+    only = {
+        "id": "e",
+        "items": [{"kind": "image", "url": "http://h/2.jpg", "position": 0}],
+        "lineage": {"source": "s", "offset": 1},
+        "item_rejects": [],
+    }
     docs = pending_docs(pa.Table.from_pylist([doc, only], schema=DOCS.remove(DOCS.get_field_index("_row"))))
     refs = item_refs(docs).to_pylist()
-    assert [(r["item"], r["url"]) for r in refs] == [(1, "http://h/1.jpg"), (2, "http://h/2.jpg"), (0, "http://h/2.jpg")]
+    assert [(r["item"], r["url"]) for r in refs] == [
+        (1, "http://h/1.jpg"),
+        (2, "http://h/2.jpg"),
+        (0, "http://h/2.jpg"),
+    ]
     rows = docs.column("_row").to_pylist()
     fills = pa.Table.from_pylist(
-        [{"_row": rows[0], "item": 1, "ok": True, "image": b"x", "image_sha256": "f" * 64, "width": 9,
-          "height": 9, "format": "jpeg"},
-         {"_row": rows[0], "item": 2, "ok": False, "reason": "http_404", "detail": "http://h/2.jpg: HTTP 404"},
-         {"_row": rows[1], "item": 0, "ok": False, "reason": "http_404", "detail": "http://h/2.jpg: HTTP 404"}],
+        [
+            {
+                "_row": rows[0],
+                "item": 1,
+                "ok": True,
+                "image": b"x",
+                "image_sha256": "f" * 64,
+                "width": 9,
+                "height": 9,
+                "format": "jpeg",
+            },
+            {
+                "_row": rows[0],
+                "item": 2,
+                "ok": False,
+                "reason": "http_404",
+                "detail": "http://h/2.jpg: HTTP 404",
+            },
+            {
+                "_row": rows[1],
+                "item": 0,
+                "ok": False,
+                "reason": "http_404",
+                "detail": "http://h/2.jpg: HTTP 404",
+            },
+        ],
         schema=ITEM_FILL,
-    )  # fmt: skip
+    )
     out = fill_docs({"docs": docs.take([1, 0]), "fills": fills}).to_pylist()
     assert [d["id"] for d in out] == ["d", "e"]
     assert [it["kind"] for it in out[0]["items"]] == ["text", "image"] and out[0]["items"][1]["width"] == 9
