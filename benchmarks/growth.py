@@ -91,6 +91,7 @@ class Sampler(threading.Thread):
         super().__init__(daemon=True)
         self.pid, self.spill = pid, spill
         self.driver = self.worker = self.spilled = 0
+        self.worker_cmd = ""
         self.stop = threading.Event()
 
     def run(self) -> None:
@@ -99,8 +100,8 @@ class Sampler(threading.Thread):
                 rss, anon, cmd = _status(p)
                 if p == self.pid:
                     self.driver = max(self.driver, rss)
-                elif "ray::" in cmd or "default_worker.py" in cmd:
-                    self.worker = max(self.worker, anon)
+                elif ("ray::" in cmd or "default_worker.py" in cmd) and anon > self.worker:
+                    self.worker, self.worker_cmd = anon, cmd.split(" ")[0][:60]
             if self.spill.exists():
                 size = sum(f.stat().st_size for f in self.spill.rglob("*") if f.is_file())
                 self.spilled = max(self.spilled, size)
@@ -139,6 +140,7 @@ def run_child(args: list[str], env: dict | None = None) -> dict:
         driver_mib=sampler.driver / MIB,
         worker_mib=sampler.worker / MIB,
         spill_mib=sampler.spilled / MIB,
+        worker_cmd=sampler.worker_cmd,
         child_wall_s=time.perf_counter() - t0,
     )
     return result
@@ -386,12 +388,14 @@ def child_global(n: int, out: Path) -> dict:
     from mm1data.runners.executor import write_rejects
     from mm1data.runners.ray_session import ray_session
     from mm1data.runners.shuffle import RayDatasets, cogroup, partitions_for
-    from mm1data.shards.phase import sorted_rows, write_manifest
+    from mm1data.shards.format import Header, Mix, Tokenizer, write_manifest
+    from mm1data.shards.phase import entries, sorted_rows
 
     timings: dict[str, float] = {}
+    rss: dict[str, float] = {}
     cfg = BuildConfig()
     eng = RayDatasets()
-    blocks = max(2, n // 250_000)
+    blocks = max(2, n // 50_000)  # blocks of the same size at every n, as file-sized reads would give
     with ray_session(num_cpus=2):
         base = ray.data.range(n, override_num_blocks=blocks)
         t = time.perf_counter()
@@ -402,6 +406,7 @@ def child_global(n: int, out: Path) -> dict:
         placed = cogroup({"m": meta}, {"m": "key_hash"}, parts, plan_partition, (cfg, parts))
         placed.write_parquet(str(out / "placements"))
         timings["plan+pack"] = time.perf_counter() - t
+        rss["plan+pack"] = _rss_mib()
 
         t = time.perf_counter()
         edges = eng.keep(base.map_batches(_edges_block, fn_args=(n,), batch_format="numpy", batch_size=None))
@@ -422,21 +427,48 @@ def child_global(n: int, out: Path) -> dict:
         removals = cogroup({"m": info}, {"m": "comp"}, p, dp.survivors, schemas={"m": dp.MEMBER_INFO})
         n_removed = eng.count(removals)
         timings["dedup components"] = time.perf_counter() - t
+        rss["dedup components"] = _rss_mib()
 
         t = time.perf_counter()
         rejects = base.map_batches(_rejects_block, batch_format="numpy", batch_size=None)
         write_rejects([rejects], str(out / "rejects"), n)
         timings["rejects"] = time.perf_counter() - t
+        rss["rejects"] = _rss_mib()
 
         t = time.perf_counter()
         shards = base.limit(max(1, n // 100)).map_batches(
             _shard_rows_block, batch_format="numpy", batch_size=None
         )
+        target = {"caption": 0.45, "interleaved": 0.45, "text": 0.1}
+        header = Header(
+            seq_len=4096,
+            image_tokens=144,
+            max_images=16,
+            image_size=378,
+            jpeg_quality=90,
+            tokenizer=Tokenizer(name="gen", sha256="0" * 64, vocab_size=50261),
+            special_tokens={"pad": 0, "eos": 1, "image": 2},
+            mix=Mix(target=target, unit="tokens", realized=target),
+            epochs={"caption": 1.0, "interleaved": 1.0, "text": 1.0},
+            partitions=max(1, n // 10_000),
+        )
+        rows = sorted_rows(shards, ["shard_part", "shard_index"], max(1, n // 100))
         with open(out / "manifest.json", "w") as f:
-            rows = sorted_rows(shards, ["shard_part", "shard_index"], max(1, n // 100))
-            write_manifest(f, {"format": "mm1data/packed-v1"}, rows, {}, cfg)
+            write_manifest(f, header, entries(rows, target))
         timings["manifest"] = time.perf_counter() - t
-    return {"timings": timings, "edges": n_edges, "removed": n_removed, "plan_partitions": parts}
+        rss["manifest"] = _rss_mib()
+    return {
+        "timings": timings,
+        "edges": n_edges,
+        "removed": n_removed,
+        "plan_partitions": parts,
+        "driver_rss": rss,
+    }
+
+
+def _rss_mib() -> float:
+    with open("/proc/self/status") as f:
+        return int(f.read().split("VmRSS:")[1].split()[0]) / 1024
 
 
 def tier_b(sizes: list[int], work: Path) -> None:
@@ -447,7 +479,10 @@ def tier_b(sizes: list[int], work: Path) -> None:
         out.mkdir(parents=True)
         res = run_child(["global", str(n), str(out)])
         rows.append((n, res))
-        print(f"tier B {n}: {sum(res['timings'].values()):.0f} s", file=sys.stderr)
+        print(
+            f"tier B {n}: {sum(res['timings'].values()):.0f} s; driver RSS after each: {res['driver_rss']}",
+            file=sys.stderr,
+        )
         shutil.rmtree(out, ignore_errors=True)
     print_table("B", rows, ["plan+pack", "dedup components", "rejects", "manifest"])
 
@@ -607,6 +642,7 @@ def print_table(tier: str, rows: list[tuple[int, dict]], phases: list[str]) -> N
     print("| log-log slope | " + " | ".join(f"{slopes[p]:.2f}" for p in phases) + " | | | | |")
     d = [r["driver_mib"] for _, r in rows]
     w = [r["worker_mib"] for _, r in rows]
+    print("largest worker: " + ", ".join(f"{n:,}: {r.get('worker_cmd', '')}" for n, r in rows))
     ok = (
         max(d) <= 600 and d[-1] <= 1.10 * d[0],
         max(w) <= 2048 and w[-1] <= 1.20 * w[0],

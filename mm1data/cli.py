@@ -82,6 +82,9 @@ def source_options(fn: Callable) -> Callable:
     return fn
 
 
+SOURCE_FLAGS = ("config", "captions", "interleaved", "text", "synthetic_captions", "ray_address")
+
+
 def recipe_from_options(
     config: str | None,
     captions: tuple[str, ...],
@@ -108,6 +111,55 @@ def recipe_from_options(
     if download:
         recipe = dataclasses.replace(recipe, download=dataclasses.replace(recipe.download, enabled=True))
     return recipe
+
+
+BUILD_FLAGS = (
+    "mix",
+    "mix_unit",
+    "upsample",
+    "seed",
+    "pack_mode",
+    "tokenizer",
+    "seq_len",
+    "shard_size",
+    "workers",
+)
+
+
+def build_options(fn: Callable) -> Callable:
+    """The recipe options shared by ``build`` and ``plan`` (they override the recipe's ``build:``)."""
+    opts = [
+        click.option(
+            "--mix", default=None, help="caption:interleaved:text, e.g. 45:45:10, or caption=40,text=10,..."
+        ),
+        click.option("--mix-unit", type=click.Choice(["tokens", "examples", "sequences"]), default=None),
+        click.option(
+            "--upsample",
+            is_flag=True,
+            default=None,
+            help="Repeat short streams instead of cutting long ones.",
+        ),
+        click.option("--seed", type=int, default=None, help="Caption choice, selection and order seed."),
+        click.option("--pack-mode", type=click.Choice(["mixed", "per-stream"]), default=None),
+        click.option("--tokenizer", default=None, help="tokenizer.json (default: the bundled GPT-2 one)."),
+        click.option("--seq-len", type=int, default=None, help="Tokens per packed sequence (default 4096)."),
+        click.option("--shard-size", type=int, default=None, help="Sequences per shard (at most)."),
+        click.option("--workers", type=int, default=None, help="Ray workers for tokenize and write."),
+    ]
+    for opt in reversed(opts):
+        fn = opt(fn)
+    return fn
+
+
+def recipe_with_build_flags(kw: dict[str, Any]) -> Recipe:
+    """The recipe of the source options in ``kw`` with the build flags in ``kw`` applied (both popped)."""
+    from mm1data.config import BuildConfig, from_dict
+
+    given = {k: kw.pop(k) for k in BUILD_FLAGS}
+    recipe = recipe_from_options(**{k: kw.pop(k) for k in SOURCE_FLAGS})
+    given = {k: v for k, v in given.items() if v is not None}
+    cfg = from_dict(BuildConfig, {**to_dict(recipe.build), **given}, where="build")
+    return dataclasses.replace(recipe, build=cfg)
 
 
 @main.command()
@@ -171,18 +223,7 @@ def dedup_cmd(input_dir: str, output: str, config: str | None) -> None:
 @main.command()
 @source_options
 @click.option("--output", default="./mm1data-out", show_default=True, help="Output folder (local or s3://).")
-@click.option(
-    "--mix", default=None, help="caption:interleaved:text, e.g. 45:45:10, or caption=40,text=10,..."
-)
-@click.option("--mix-unit", type=click.Choice(["tokens", "examples", "sequences"]), default=None)
-@click.option(
-    "--upsample", is_flag=True, default=None, help="Repeat short streams instead of cutting long ones."
-)
-@click.option("--seed", type=int, default=None, help="Caption choice, selection and order seed.")
-@click.option("--pack-mode", type=click.Choice(["mixed", "per-stream"]), default=None)
-@click.option("--tokenizer", default=None, help="tokenizer.json (default: the bundled GPT-2 one).")
-@click.option("--shard-size", type=int, default=None, help="Sequences per shard (at most).")
-@click.option("--workers", type=int, default=None, help="Ray workers for tokenize and write.")
+@build_options
 @click.option("--restart", is_flag=True, help="Ignore the checkpoints of an earlier run; start over.")
 @click.option("--quiet", is_flag=True, help="No progress lines and no summary table.")
 @click.option("--log-json", is_flag=True, help="Progress as JSON lines on stderr; stats JSON on stdout.")
@@ -196,16 +237,11 @@ def build(output: str, quiet: bool, restart: bool, log_json: bool, **kw: Any) ->
     import json
 
     from mm1data.build import run_build
-    from mm1data.config import BuildConfig, from_dict
     from mm1data.report import StageLog, print_build_summary
 
-    names = ("mix", "mix_unit", "upsample", "seed", "pack_mode", "tokenizer", "shard_size", "workers")
-    given = {k: kw.pop(k) for k in names}
-    recipe = recipe_from_options(**kw)
-    given = {k: v for k, v in given.items() if v is not None}
-    cfg = from_dict(BuildConfig, {**to_dict(recipe.build), **given}, where="build")
+    recipe = recipe_with_build_flags(kw)
     log = StageLog(quiet=quiet, json_lines=log_json)
-    stats = run_build(dataclasses.replace(recipe, build=cfg), output, restart=restart, log=log)
+    stats = run_build(recipe, output, restart=restart, log=log)
     if log_json:
         click.echo(json.dumps(stats))
     elif not quiet:
@@ -278,6 +314,54 @@ def download(
         for reason, n in stats["rejected_by_reason"].items():
             click.echo(f"  {reason:<32}{n:>10}")
         click.echo(json.dumps({"shards": len(stats["shards"]), "output": output}))
+
+
+@main.command("plan")
+@source_options
+@build_options
+@click.option("--output", default="./mm1data-plan", show_default=True, help="Output folder (local or s3://).")
+@click.option(
+    "--sample", "sample", type=float, default=None, help="Fraction of the records to run (default 0.1)."
+)
+@click.option("--sample-seed", type=int, default=None, help="Seed of the record sample (default 0).")
+@click.option("--budget-tokens", type=float, default=None, help="Target tokens of the build, e.g. 100e9.")
+@click.option("--budget-sequences", type=float, default=None, help="Target packed sequences of the build.")
+@click.option("--nodes", type=int, default=None, help="Nodes the wall time is projected for (default 1).")
+@click.option("--cores-per-node", type=int, default=None, help="Cores per node (default: this machine's).")
+@click.option("--confidence", type=float, default=None, help="Of every interval (default 0.95).")
+@click.option("--quiet", is_flag=True, help="No progress lines and no summary.")
+@click.option("--log-json", is_flag=True, help="Progress as JSON lines on stderr; plan.json on stdout.")
+def plan_cmd(output: str, quiet: bool, log_json: bool, **kw: Any) -> None:
+    """Project a build from a seeded sample: yields, dedup loss, packed size, budget and cost.
+
+    Takes the sources, recipe and build flags of `mm1data build`, reads every record, and runs
+    filter, dedup, tokenize and plan (no shards) on a --sample of them; writes OUTPUT/plan.json
+    and prints a summary. With no source flags and no --config, plans the bundled sample.
+    """
+    import json
+
+    from mm1data.config import PlanConfig, from_dict
+    from mm1data.plan.job import run_plan
+    from mm1data.plan.summary import print_plan_summary
+
+    names = (
+        "sample",
+        "sample_seed",
+        "budget_tokens",
+        "budget_sequences",
+        "nodes",
+        "cores_per_node",
+        "confidence",
+    )
+    given = {k: kw.pop(k) for k in names}
+    recipe = recipe_with_build_flags(kw)
+    given = {k: v for k, v in given.items() if v is not None}
+    cfg = from_dict(PlanConfig, {**to_dict(recipe.plan), **given}, where="plan")
+    plan = run_plan(dataclasses.replace(recipe, plan=cfg), output, quiet=quiet, json_lines=log_json)
+    if log_json:
+        click.echo(json.dumps(plan))
+    elif not quiet:
+        print_plan_summary(plan)
 
 
 @main.group()

@@ -99,7 +99,7 @@ class DownloadConfig:
     task_cpus: float = 1.0  # CPUs a fetch task holds (it decodes every image it fetches)
     checkpoint_rows: int = 256  # results per checkpoint part, at most
     checkpoint_s: float = 5.0  # a part is written at least this often while fetching
-    rows_per_partition: int = 500_000  # URL/reference rows per plan and stats partition
+    rows_per_partition: int = 100_000  # URL/reference rows per plan and stats partition (ROWS_PER_TASK)
     bytes_per_partition: int = 1 << 30  # image bytes per fill partition (fills carry the images)
     user_agent_token: str = "mm1data"
     disallowed_header_directives: tuple[str, ...] = DISALLOWED_HEADER_DIRECTIVES
@@ -468,7 +468,7 @@ class BuildConfig:
     pack_window: int = 0
     synthetic_ratio: float | None = None
     workers: int | None = None  # Ray workers for tokenize and write (None: the CPUs Ray has)
-    plan_partitions: int | None = None  # None: one per ~200k examples (pack/phase.py)
+    plan_partitions: int | None = None  # None: one per ~100k examples (pack/phase.py)
 
     def __post_init__(self) -> None:
         slot = self.image_tokens + (2 if self.image_markers else 0)
@@ -489,6 +489,51 @@ class BuildConfig:
 
 
 @dataclass(frozen=True)
+class SampleConfig:
+    """A seeded record sample: a record is kept when a hash of ``(seed, stream, lineage, id)``
+    falls below ``fraction`` (decided per record on the workers, so the same records are drawn
+    whatever the files, blocks or workers; each record independently, as dedup estimates need)."""
+
+    fraction: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.fraction <= 1.0:
+            raise UsageError(f"sample fraction must be in (0, 1], got {self.fraction}")
+
+
+@dataclass(frozen=True)
+class PlanConfig:
+    """``mm1data plan``: run the build's phases on a record sample and project the full build.
+
+    ``sample``: fraction of the records (after ingest's own rejects) that go on through filter,
+    dedup, tokenize and plan; ``budget_tokens`` / ``budget_sequences``: a target for the packed
+    output (tokens as the mix counts them: text plus image-slot tokens); ``nodes`` ×
+    ``cores_per_node`` (None: this machine's CPUs): the cluster the wall time is projected for;
+    ``confidence``: of every interval."""
+
+    sample: float = 0.1
+    sample_seed: int = 0
+    budget_tokens: float | None = None
+    budget_sequences: float | None = None
+    nodes: int = 1
+    cores_per_node: int | None = None
+    confidence: float = 0.95
+
+    def __post_init__(self) -> None:
+        SampleConfig(self.sample, self.sample_seed)
+        if self.budget_tokens is not None and self.budget_sequences is not None:
+            raise UsageError("plan: give --budget-tokens or --budget-sequences, not both")
+        for name in ("budget_tokens", "budget_sequences"):
+            if (getattr(self, name) or 1) <= 0:
+                raise UsageError(f"plan.{name} must be > 0")
+        if self.nodes < 1 or (self.cores_per_node is not None and self.cores_per_node < 1):
+            raise UsageError("plan: nodes and cores_per_node must be >= 1")
+        if not 0.5 <= self.confidence < 1.0:
+            raise UsageError("plan.confidence must be in [0.5, 1)")
+
+
+@dataclass(frozen=True)
 class Recipe:
     """A whole job description, loaded from YAML (see ``pipelines/``)."""
 
@@ -500,6 +545,7 @@ class Recipe:
     train: TrainConfig = field(default_factory=TrainConfig)
     build: BuildConfig = field(default_factory=BuildConfig)
     download: DownloadConfig = field(default_factory=DownloadConfig)
+    plan: PlanConfig = field(default_factory=PlanConfig)
 
 
 def reader_config(recipe: Recipe) -> IngestConfig:

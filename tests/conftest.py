@@ -56,7 +56,8 @@ def ray_local():
     # left running: pytest exits the process, and other session fixtures may still use it
 
 
-REFERENCE_BUILD = {"shard_size": 1}  # `mm1data build --mix 45:45:10 --shard-size 1`
+REFERENCE_BUILD = {"shard_size": 1, "seq_len": 1024}
+"""`mm1data build --mix 45:45:10 --shard-size 1 --seq-len 1024`: several small shards."""
 
 
 def output_files(out: Path) -> dict[str, bytes]:

@@ -22,7 +22,7 @@ from mm1data.report import StageLog
 from tests.conftest import REFERENCE_BUILD, output_files
 
 CLI = [sys.executable, "-m", "mm1data.cli", "build", "--mix", "45:45:10"]
-CLI_ARGS = ["--shard-size", "1", "--log-json"]
+CLI_ARGS = ["--shard-size", "1", "--seq-len", "1024", "--log-json"]
 
 
 @pytest.fixture(scope="module")

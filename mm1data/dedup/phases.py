@@ -57,7 +57,15 @@ from mm1data.dedup.components import (
 )
 from mm1data.dedup.exact import live_images, live_texts, text_key
 from mm1data.runners.executor import Context, Data, Output, Phase, stream_output
-from mm1data.runners.shuffle import LocalTables, RayDatasets, cogroup, hash64, join_indices, partitions_for
+from mm1data.runners.shuffle import (
+    ROWS_PER_TASK,
+    LocalTables,
+    RayDatasets,
+    cogroup,
+    hash64,
+    join_indices,
+    partitions_for,
+)
 from mm1data.schemas import STREAM_SCHEMAS, STREAMS, subschema
 
 MEMBER, EXACT_TEXT, EXACT_IMAGE, MINHASH, IMAGE_HASH, SIGNATURE, DECONTAMINATED = range(7)
@@ -69,8 +77,8 @@ KIND_NAMES = {
 }
 TEXT_STREAMS = ("interleaved", "text")
 IMAGE_STREAMS = ("caption", "interleaved")
-ROWS_PER_PARTITION = 1_000_000
-LOCAL_EDGES = 5_000_000
+ROWS_PER_PARTITION = ROWS_PER_TASK
+LOCAL_EDGES = 2 * ROWS_PER_TASK
 """Up to this many edges, components are found in one task over integer arrays."""
 MAX_ROUNDS = 64
 
@@ -590,7 +598,7 @@ def apply_partition(parts: dict[str, pa.Table], stream: str) -> pa.Table:
     return apply_removals(records, stream, removals_dict(parts["removals"]))
 
 
-LOCAL_INDEX_ROWS = 2_000_000
+LOCAL_INDEX_ROWS = 2 * ROWS_PER_TASK
 """Up to this many index rows, every step after the index runs in one Ray task."""
 
 

@@ -31,12 +31,12 @@ from mm1data.filters.language import LanguageFilter
 from mm1data.filters.obelics import ParagraphFilter, WebDocumentFilter
 from mm1data.filters.text_quality import GopherQualityFilter, GopherRepetitionFilter
 from mm1data.runners.pipeline import apply_stages
-from mm1data.runners.shuffle import cogroup, hash64, partitions_for
+from mm1data.runners.shuffle import ROWS_PER_TASK, cogroup, hash64, partitions_for
 from mm1data.stages import Stage, live_mask
 
 __all__ = ["CorpusPhase", "filter_stages", "run_chain", "caption_partners", "url_partners"]
 
-ROWS_PER_PARTITION = 1_000_000
+ROWS_PER_PARTITION = ROWS_PER_TASK
 PARTNERS = pa.schema([("k", pa.int64()), ("key", pa.string()), ("partner", pa.int64()), ("row", pa.int64())])
 """One (key, partner) occurrence: a caption and the image it describes, or an image URL and the
 doc that uses it; ``row`` is the record it came from (hash of stream, lineage and id)."""

@@ -15,14 +15,15 @@ from typing import Any
 
 import pyarrow as pa
 
-from mm1data.config import IngestConfig, Recipe, Sources, reader_config, to_dict
+from mm1data.config import IngestConfig, Recipe, SampleConfig, Sources, reader_config, to_dict
 from mm1data.errors import UsageError
 from mm1data.ingest import plan, read_unit
 from mm1data.ingest.base import Unit
+from mm1data.ingest.sample import sample_rows
 from mm1data.ingest.synthetic import SYNTHETIC_LINE, join_synthetic, require_specs, unmatched_lines
 from mm1data.io.fs import fsspec_fs
 from mm1data.runners.executor import Context, Data, Phase, count_rows, stream_output
-from mm1data.schemas import STREAM_SCHEMAS
+from mm1data.schemas import STREAM_SCHEMAS, STREAMS
 
 SOURCE_FIELDS = {"caption": "captions", "interleaved": "interleaved", "text": "text"}
 
@@ -45,18 +46,21 @@ def plan_streams(recipe: Recipe) -> dict[str, list[Unit]]:
     return units
 
 
-def read_units(batch: pa.Table, cfg: IngestConfig) -> Iterator[pa.Table]:
-    """Ray Data UDF: read every unit named in ``batch`` (one per row), yielding record batches."""
+def read_units(batch: pa.Table, cfg: IngestConfig, sample: SampleConfig | None = None) -> Iterator[pa.Table]:
+    """Ray Data UDF: read every unit named in ``batch`` (one per row), yielding record batches;
+    with ``sample``, records of a stream outside it become ``not_sampled`` rejects right away."""
     for text in batch.column("unit").to_pylist():
-        yield from read_unit(Unit.from_json(text), cfg)
+        unit = Unit.from_json(text)
+        for table in read_unit(unit, cfg):
+            yield sample_rows(table, unit.stream, sample) if sample and unit.stream in STREAMS else table
 
 
-def read_stream(units: list[Unit], cfg: IngestConfig):
+def read_stream(units: list[Unit], cfg: IngestConfig, sample: SampleConfig | None = None):
     """The records of ``units`` (one stream) as a lazy Ray dataset, one read task per unit."""
     import ray.data
 
     ds = ray.data.from_items([{"unit": u.to_json()} for u in units], override_num_blocks=len(units))
-    return ds.map_batches(read_units, fn_args=(cfg,), batch_size=1, batch_format="pyarrow")
+    return ds.map_batches(read_units, fn_args=(cfg, sample), batch_size=1, batch_format="pyarrow")
 
 
 def source_signature(units: dict[str, list[Unit]]) -> list:
@@ -74,7 +78,8 @@ def source_signature(units: dict[str, list[Unit]]) -> list:
 
 
 class IngestPhase(Phase):
-    """Read every source into records of the stream schemas (bad records become rejects).
+    """Read every source into records of the stream schemas (bad records become rejects); with
+    ``sample`` (``mm1data plan``), only a seeded sample of the records goes on.
 
     ``synthetic`` False leaves the synthetic captions unjoined (their lines read and checked) for
     the download phase, which joins them once the URL-only pairs have their images (and sha256)."""
@@ -82,16 +87,23 @@ class IngestPhase(Phase):
     name = "ingest"
 
     def __init__(
-        self, sources: Sources, cfg: IngestConfig, units: dict[str, list[Unit]], synthetic: bool = True
+        self,
+        sources: Sources,
+        cfg: IngestConfig,
+        units: dict[str, list[Unit]],
+        sample: SampleConfig | None = None,
+        synthetic: bool = True,
     ) -> None:
-        self.sources, self.cfg, self.units, self.synthetic = sources, cfg, units, synthetic
+        self.sources, self.cfg, self.units, self.sample = sources, cfg, units, sample
+        self.synthetic = synthetic
         self.outputs = tuple(stream_output(s) for s in units)
 
     def fingerprint(self) -> Any:
-        return [to_dict(self.sources), to_dict(self.cfg), source_signature(self.units), self.synthetic]
+        sample = [to_dict(self.sample)] if self.sample else []
+        return [to_dict(self.sources), to_dict(self.cfg), source_signature(self.units), *sample, self.synthetic]
 
     def run(self, data: Data, ctx: Context) -> dict[str, Any]:
-        out = {s: read_stream(us, self.cfg) for s, us in self.units.items()}
+        out = {s: read_stream(us, self.cfg, self.sample) for s, us in self.units.items()}
         if not self.synthetic:
             return out
         if "synthetic_caption" in out and "caption" in out:

@@ -22,12 +22,12 @@ import pyarrow.compute as pc
 from mm1data.config import IngestConfig, SourceSpec
 from mm1data.errors import UsageError
 from mm1data.ingest.base import Unit, batched, decode_utf8, open_text, reject_info
-from mm1data.runners.shuffle import cogroup, hash64, join_indices, partitions_for
+from mm1data.runners.shuffle import ROWS_PER_TASK, cogroup, hash64, join_indices, partitions_for
 from mm1data.schemas import CAPTION, LINEAGE, REJECT_INFO
 from mm1data.stages import live_mask
 
 KEY_FIELDS = ("image_key", "sha256", "image_sha256", "id", "key")
-ROWS_PER_PARTITION = 500_000
+ROWS_PER_PARTITION = ROWS_PER_TASK
 
 SYNTHETIC_LINE = pa.schema(
     [

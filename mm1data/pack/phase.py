@@ -30,7 +30,7 @@ from mm1data.runners.shuffle import cogroup, partition_of, partitions_for
 from mm1data.schemas import LINEAGE, REJECT_INFO
 from mm1data.tokens.render import METADATA_COLUMNS
 
-EXAMPLES_PER_PARTITION = 200_000
+EXAMPLES_PER_PARTITION = 100_000
 
 PLACEMENT = pa.schema(
     [

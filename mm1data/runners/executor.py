@@ -44,7 +44,7 @@ from mm1data.schemas import REJECT, STREAMS
 
 STAT_STREAMS = (*STREAMS, "synthetic_caption")
 """Outputs whose rows are source records (or lines): stats.json counts read = kept + rejected."""
-REJECTS_PER_PART = 1_000_000
+REJECTS_PER_PART = 100_000
 """Reject rows per ``rejects/<folder>/part-NNNNN.parquet`` file (the part count grows with the data)."""
 
 
@@ -72,9 +72,7 @@ class Phase:
     name: ClassVar[str] = "phase"
     outputs: tuple[Output, ...] = ()
     checkpoint: ClassVar[bool] = True  # False: recomputed on every run (cheap readers)
-    keep: ClassVar[
-        tuple[str, ...]
-    ] = ()  # folders of _work/<phase>/ a rerun keeps (the phase's own resume state)
+    keep: ClassVar[tuple[str, ...]] = ()  # folders of _work/<phase>/ a rerun keeps (its own resume state)
 
     def fingerprint(self) -> Any:
         """JSON-able config this phase's result depends on (chained to the previous phase's)."""

@@ -16,9 +16,13 @@ OBJECT_STORE_BYTES = 2 * 1024**3
 def configure_data_context(quiet: bool = True) -> None:
     """Set Ray Data options we rely on: ordered output and, when ``quiet``, no progress bars."""
     import ray.data
+    from ray.data.context import ShuffleStrategy
 
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True
+    # task-based sort shuffle: each reduce task holds one partition (hash-shuffle aggregator actors
+    # hold every partition assigned to them until the end, so their memory grows with the data)
+    ctx.shuffle_strategy = ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
     ctx.enable_progress_bars = not quiet
     ctx.enable_operator_progress_bars = not quiet
     ctx.print_on_execution_start = not quiet

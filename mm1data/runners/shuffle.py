@@ -61,7 +61,12 @@ def partition_of(keys: np.ndarray, partitions: int) -> np.ndarray:
     return (np.asarray(keys, dtype=np.int64).view(np.uint64) % np.uint64(partitions)).astype(np.int64)
 
 
-def partitions_for(rows: int, rows_per_partition: int) -> int:
+ROWS_PER_TASK = 100_000
+"""About how many rows one task of a co-partitioned step holds: partition counts are rows / this,
+so a task's memory stays the same whatever the size of the data (benchmarks/growth.py)."""
+
+
+def partitions_for(rows: int, rows_per_partition: int = ROWS_PER_TASK) -> int:
     """How many partitions ``rows`` need at ``rows_per_partition`` each (at least one)."""
     return max(1, math.ceil(rows / max(1, rows_per_partition)))
 

@@ -228,7 +228,7 @@ class WritePhase(Phase):
         routed = cogroup(
             {"ex": payload, "pl": where},
             {"ex": "key_hash", "pl": "key_hash"},
-            max(1, math.ceil(placed_bytes / BYTES_PER_TASK), partitions_for(n_rows, 1_000_000)),
+            max(1, math.ceil(placed_bytes / BYTES_PER_TASK), partitions_for(n_rows)),
             route,
             schemas={"ex": subschema(EXAMPLE, PAYLOAD), "pl": subschema(PLACEMENT, WHERE)},
         )

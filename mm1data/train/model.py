@@ -6,9 +6,11 @@ connectors, the model that scatters image features into the image-slot positions
 the FLOP count used for MFU.
 
 Attention never crosses examples: a packed sequence carries ``segment_ids`` (1..k per example,
-0 on padding) and ``positions`` (0 at each example start). On CUDA the mask is a FlexAttention
-``BlockMask``; on CPU it is an explicit boolean block-diagonal causal mask for SDPA (FlexAttention
-has no CPU backward in torch 2.13).
+0 on trailing padding) and ``positions`` (0 at each example start). No path builds a T×T matrix:
+on CUDA a FlexAttention ``BlockMask`` skips the blocks outside the block-diagonal; elsewhere
+(FlexAttention has no CPU backward in torch 2.13) each example is attended on its own, segments
+of equal length batched into one causal SDPA call. A dense boolean-mask SDPA stays as the
+reference the other two are tested against (``attention="dense"``).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from mm1data.errors import UsageError
 
@@ -53,6 +56,12 @@ class ModelConfig:
     connector: str = "c-abstractor"  # or "avgpool" (ablation)
     connector_depth: int = 1  # ResBlocks before and after the pool
     init_std: float = 0.02
+    # "auto": FlexAttention on CUDA, per-segment SDPA elsewhere; "flex", "segments", or "dense"
+    # (SDPA under a [B, 1, T, T] mask: the reference, memory grows with T², for tests and benchmarks)
+    attention: str = "auto"
+    # target tokens per block of logits in the loss (the [targets, vocab] logits are recomputed
+    # block by block in the backward pass); 0: all at once, memory grows with targets × vocab
+    loss_chunk: int = 256
 
     @property
     def head_dim(self) -> int:
@@ -132,33 +141,118 @@ def model_config(preset: str, overrides: dict[str, Any] | None = None, **from_da
         raise UsageError(f"model: image_tokens {cfg.image_tokens} must be a square of at most {cfg.grid}²")
     if cfg.connector not in ("c-abstractor", "avgpool"):
         raise UsageError(f"model: connector must be c-abstractor or avgpool, not {cfg.connector!r}")
+    if cfg.attention not in ATTENTION:
+        raise UsageError(f"model: attention must be one of {', '.join(ATTENTION)}, not {cfg.attention!r}")
+    if cfg.loss_chunk < 0:
+        raise UsageError(f"model: loss_chunk must be >= 0, not {cfg.loss_chunk}")
     return cfg
 
 
-# ---------------------------------------------------------------- attention masks and RoPE
+# ---------------------------------------------------------------- attention over packed examples
+
+ATTENTION = ("auto", "flex", "segments", "dense")
 
 
-def document_mask(segment_ids: torch.Tensor) -> Any:
-    """Block-diagonal causal mask from ``segment_ids`` [B, T]: a FlexAttention BlockMask on CUDA,
-    a boolean [B, 1, T, T] tensor elsewhere. Padding (segment 0) attends only to padding."""
+@dataclass(frozen=True)
+class SegmentLayout:
+    """A packed batch's tokens reordered so that segments of equal length lie back to back.
+
+    ``order`` [B·T] lists flat positions (b·T + t) segment by segment, shortest segments first;
+    ``inverse`` puts them back; ``groups`` is (segments, length) for each run of equal lengths."""
+
+    order: torch.Tensor
+    inverse: torch.Tensor
+    groups: tuple[tuple[int, int], ...]
+
+
+def segment_layout(segment_ids: torch.Tensor) -> SegmentLayout:
+    """The :class:`SegmentLayout` of ``segment_ids`` [B, T]: a segment is a run of equal ids in a row
+    (the packed-v1 contract: examples 1..k back to back, then padding 0 as one more run)."""
     B, T = segment_ids.shape
-    if segment_ids.is_cuda:
-        from torch.nn.attention.flex_attention import create_block_mask
+    flat = segment_ids.reshape(-1)
+    first = torch.ones_like(flat, dtype=torch.bool)
+    first[1:] = flat[1:] != flat[:-1]
+    first[::T] = True  # every row starts a segment
+    starts = first.nonzero().squeeze(1)
+    lengths = torch.diff(starts, append=starts.new_tensor([B * T]))
+    by_length = torch.argsort(lengths, stable=True)
+    starts, lengths = starts[by_length], lengths[by_length]
+    # token i of the reordered batch is start(s) + (i - offset(s)) for its segment s
+    offsets = torch.cumsum(lengths, 0) - lengths
+    order = torch.repeat_interleave(starts - offsets, lengths) + torch.arange(B * T, device=flat.device)
+    inverse = torch.empty_like(order)
+    inverse[order] = torch.arange(B * T, device=flat.device)
+    length, count = torch.unique_consecutive(lengths, return_counts=True)
+    return SegmentLayout(order, inverse, tuple(zip(count.tolist(), length.tolist(), strict=True)))
 
-        def mask_mod(b, h, q, k):  # noqa: ANN001, ANN202 - FlexAttention's signature
-            return (segment_ids[b, q] == segment_ids[b, k]) & (k <= q)
 
-        return create_block_mask(mask_mod, B, None, T, T, device=segment_ids.device)
+def dense_mask(segment_ids: torch.Tensor) -> torch.Tensor:
+    """The reference: a boolean block-diagonal causal mask [B, 1, T, T] (same segment and k <= q).
+    Padding (segment 0) attends only to padding."""
+    T = segment_ids.shape[1]
     same = segment_ids[:, :, None] == segment_ids[:, None, :]
     causal = torch.ones(T, T, dtype=torch.bool, device=segment_ids.device).tril()
     return (same & causal)[:, None]
+
+
+def flex_block_mask(segment_ids: torch.Tensor) -> Any:
+    """The same mask as a FlexAttention ``BlockMask``: only blocks on the diagonal are computed."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    B, T = segment_ids.shape
+
+    def mask_mod(b, h, q, k):  # noqa: ANN001, ANN202 - FlexAttention's signature
+        return (segment_ids[b, q] == segment_ids[b, k]) & (k <= q)
+
+    return create_block_mask(mask_mod, B, None, T, T, device=segment_ids.device)
+
+
+def document_mask(segment_ids: torch.Tensor, kind: str = "auto") -> Any:
+    """What :func:`attend` needs to keep attention inside each example of ``segment_ids`` [B, T]:
+    a FlexAttention ``BlockMask`` (``flex``; ``auto`` on CUDA), a :class:`SegmentLayout`
+    (``segments``; ``auto`` elsewhere) or the dense reference mask (``dense``)."""
+    if kind == "auto":
+        kind = "flex" if segment_ids.is_cuda else "segments"
+    if kind == "flex":
+        return flex_block_mask(segment_ids)
+    if kind == "segments":
+        return segment_layout(segment_ids)
+    if kind == "dense":
+        return dense_mask(segment_ids)
+    raise UsageError(f"model: attention must be one of {', '.join(ATTENTION)}, not {kind!r}")
+
+
+@torch.compiler.disable  # its loop depends on the batch's segment lengths: no graph to trace
+def attend_segments(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: SegmentLayout) -> torch.Tensor:
+    """Causal attention inside each segment: one SDPA call per group of equal-length segments.
+
+    q [B, H, T, D], k and v [B, Hkv, T, D] (GQA) → [B, H, T, D]; the largest score matrix is one
+    group's [segments, H, L, L], never T×T."""
+    B, H, T, D = q.shape
+
+    def by_segment(x: torch.Tensor) -> torch.Tensor:  # [B, h, T, D] → [B·T, h, D] in layout order
+        return x.transpose(1, 2).reshape(B * T, x.shape[1], D)[layout.order]
+
+    sizes = [n * L for n, L in layout.groups]
+    out = []
+    for (n, L), *qkv in zip(
+        layout.groups, *(by_segment(x).split(sizes) for x in (q, k, v)), strict=True
+    ):  # each of q, k, v: [n·L, h, D] → [n, h, L, D]
+        y = F.scaled_dot_product_attention(
+            *(x.view(n, L, x.shape[1], D).transpose(1, 2) for x in qkv), is_causal=True, enable_gqa=True
+        )
+        out.append(y.transpose(1, 2).reshape(n * L, H, D))
+    return torch.cat(out)[layout.inverse].view(B, T, H, D).transpose(1, 2)
 
 
 _flex_attention = None
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Any) -> torch.Tensor:
-    """Attention with GQA under a :func:`document_mask` (BlockMask → FlexAttention, tensor → SDPA)."""
+    """Attention with GQA under a :func:`document_mask` (layout → per-segment SDPA, tensor → masked
+    SDPA, BlockMask → FlexAttention)."""
+    if isinstance(mask, SegmentLayout):
+        return attend_segments(q, k, v, mask)
     if isinstance(mask, torch.Tensor) or mask is None:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
     global _flex_attention
@@ -297,10 +391,18 @@ class VisionTransformer(nn.Module):
         self.register_buffer("mean", torch.tensor(CLIP_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(CLIP_STD).view(1, 3, 1, 1), persistent=False)
 
+    def patch_embed(self, images: torch.Tensor) -> torch.Tensor:
+        """images uint8 [N, H, W, 3] → normalized → patch embeddings [N, grid², width]."""
+        x = images.permute(0, 3, 1, 2).to(self.mean.dtype).div_(255.0).sub_(self.mean).div_(self.std)
+        return self.conv1(x.to(self.conv1.weight.dtype)).flatten(2).transpose(1, 2)
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """images uint8 [N, H, W, 3] → features [N, grid², width]."""
-        x = (images.permute(0, 3, 1, 2).to(self.mean.dtype) / 255.0 - self.mean) / self.std
-        x = self.conv1(x.to(self.conv1.weight.dtype)).flatten(2).transpose(1, 2)
+        if torch.is_grad_enabled() and self.conv1.weight.requires_grad:
+            # the float images (4× the uint8 ones) are rebuilt in the backward pass, not kept for it
+            x = checkpoint(self.patch_embed, images, use_reentrant=False)
+        else:
+            x = self.patch_embed(images)
         cls = self.class_embedding.expand(x.shape[0], 1, -1).to(x.dtype)
         x = self.ln_pre(torch.cat([cls, x], dim=1) + self.positional_embedding.to(x.dtype))
         for block in self.transformer.resblocks:
@@ -487,7 +589,7 @@ class MM1(nn.Module):
     def hidden(self, h: torch.Tensor, positions: torch.Tensor, segment_ids: torch.Tensor) -> torch.Tensor:
         """Run the decoder over embeddings h [B, T, dim]; returns final-norm hidden states."""
         cos, sin = rope(positions, self.cfg.head_dim, self.cfg.rope_theta)
-        mask = document_mask(segment_ids)
+        mask = document_mask(segment_ids, self.cfg.attention)
         for layer in self.layers:
             h = layer(h, cos.to(h.dtype), sin.to(h.dtype), mask)
         return self.norm(h)
@@ -531,6 +633,57 @@ def target_mask(loss_mask: torch.Tensor, segment_ids: torch.Tensor) -> torch.Ten
     return loss_mask[:, 1:].bool() & (seg[:, 1:] == seg[:, :-1]) & (seg[:, 1:] > 0)
 
 
+class ChunkedCrossEntropy(torch.autograd.Function):
+    """Σ cross-entropy + z·Σ logsumexp² of ``targets`` under the head ``weight``, ``chunk`` targets at a time.
+
+    The gradient is worked out in the forward pass, block by block ((1 + 2z·lse)·softmax − onehot,
+    then through the head's matmul), so no [targets, vocab] block outlives its turn: memory is
+    O(chunk × vocab), and each block is one matmul, one log-softmax and two gradient matmuls (the
+    autograd path keeps every logit and walks them twice more). Under autocast the matmuls run in
+    its dtype, like ``F.linear``; the weight's gradient is accumulated in float32."""
+
+    @staticmethod
+    def forward(
+        ctx: Any, h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, z_loss: float, chunk: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(loss, per-target CE, per-target logsumexp) of hidden states h [n, dim] and targets [n]."""
+        device = h.device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else h.dtype
+        grads = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        n = len(targets)
+        ce = torch.empty(n, dtype=torch.float32, device=h.device)
+        lse = torch.empty_like(ce)
+        grad_h = torch.empty(h.shape, dtype=dtype, device=h.device) if grads else None
+        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=h.device) if grads else None
+        with torch.autocast(device, enabled=False):
+            w = weight.to(dtype)
+            for i in range(0, n, chunk):
+                x, t = h[i : i + chunk].to(dtype), targets[i : i + chunk, None]
+                logits = F.linear(x, w).float()
+                logp = torch.log_softmax(logits, dim=-1)
+                ce[i : i + chunk] = -logp.gather(1, t).squeeze(1)
+                lse[i : i + chunk] = logits.gather(1, t).squeeze(1) + ce[i : i + chunk]
+                del logits
+                if grads:
+                    g = logp.exp_()  # softmax, in place
+                    if z_loss:
+                        g.mul_(1 + 2 * z_loss * lse[i : i + chunk, None])
+                    g.scatter_add_(1, t, torch.full_like(t, -1, dtype=g.dtype))
+                    g = g.to(dtype)
+                    grad_h[i : i + chunk] = g @ w
+                    grad_w.add_(g.t() @ x)
+        ctx.save_for_backward(grad_h, grad_w)
+        ctx.mark_non_differentiable(ce, lse)
+        loss = ce.sum() + z_loss * (lse**2).sum() if z_loss else ce.sum()
+        return loss, ce, lse
+
+    @staticmethod
+    def backward(ctx: Any, grad_loss: torch.Tensor, *_: Any) -> tuple:
+        """The gradients worked out in the forward pass, scaled by the loss's incoming gradient."""
+        grad_h, grad_w = ctx.saved_tensors
+        return grad_h * grad_loss.to(grad_h.dtype), grad_w * grad_loss, None, None, None
+
+
 def next_token_losses(
     model: MM1, h: torch.Tensor, batch: dict[str, torch.Tensor], z_loss: float = 0.0
 ) -> dict[str, torch.Tensor]:
@@ -538,18 +691,24 @@ def next_token_losses(
 
     Position t predicts token t+1 when ``loss_mask[t+1]`` is set and both lie in the same example
     (a segment never predicts the next one's first token). Logits are computed only at those
-    positions. Returns ``ce_sum``, ``z_sum`` (Σ logsumexp², weighted by ``z_loss`` in ``loss``),
-    ``loss`` (ce_sum + z_loss·z_sum), per-target ``ce`` and the targets' ``stream`` ids."""
+    positions, ``cfg.loss_chunk`` targets at a time (:class:`ChunkedCrossEntropy`; 0: all at once
+    through autograd, the reference). Returns ``loss`` (ce_sum + z_loss·z_sum, the one to
+    differentiate), ``ce_sum``, ``z_sum`` (Σ logsumexp²), per-target ``ce`` and the targets'
+    ``stream`` ids."""
     valid = target_mask(batch["loss_mask"], batch["segment_ids"])
-    logits = model.logits(h[:, :-1][valid])
-    targets = batch["tokens"][:, 1:][valid]
-    lse = torch.logsumexp(logits, dim=-1)
-    ce = lse - logits.gather(1, targets[:, None]).squeeze(1)  # cross-entropy, sharing the logsumexp
-    z_sum = (lse**2).sum()
+    hidden, targets = h[:, :-1][valid], batch["tokens"][:, 1:][valid]
+    if model.cfg.loss_chunk:
+        w = model.tok_embeddings.weight if model.output is None else model.output.weight
+        loss, ce, lse = ChunkedCrossEntropy.apply(hidden, w, targets, z_loss, model.cfg.loss_chunk)
+    else:
+        logits = model.logits(hidden)
+        lse = torch.logsumexp(logits, dim=-1)
+        ce = lse - logits.gather(1, targets[:, None]).squeeze(1)  # cross-entropy, sharing the logsumexp
+        loss = ce.sum() + z_loss * (lse**2).sum() if z_loss else ce.sum()
     return {
         "ce": ce.detach(),
         "stream": batch["stream_ids"][:, 1:][valid],
         "ce_sum": ce.sum(),
-        "z_sum": z_sum,
-        "loss": ce.sum() + z_loss * z_sum if z_loss else ce.sum(),
+        "z_sum": (lse**2).sum(),
+        "loss": loss,
     }

@@ -280,7 +280,7 @@ def train(cfg: TrainConfig) -> list[dict[str, Any]]:
 
     records: list[dict[str, Any]] = []
     while step < stop:
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         micro_batches = [next(loader) for _ in range(batches.accum)]
         t_data = time.perf_counter() - t0
         stats = all_reduce(sum(batch_stats(mb, ds.image_tokens) for mb in micro_batches), env)
@@ -311,7 +311,7 @@ def train(cfg: TrainConfig) -> list[dict[str, Any]]:
         cursor += cfg.batch_size
         if env.device.type == "cuda":
             torch.cuda.synchronize(env.device)
-        dt = time.perf_counter() - t0
+        dt, cpu = time.perf_counter() - t0, time.process_time() - cpu0
 
         targets, text, image, images, real, slots, seg_sq = stats.tolist()
         flops = model.flops(int(targets), int(slots), int(seg_sq), int(images), not cfg.freeze_vision)
@@ -335,6 +335,7 @@ def train(cfg: TrainConfig) -> list[dict[str, Any]]:
             "mfu": flops / dt / env.world / (peak * 1e12) if peak else None,
             "data_wait_s": t_data,
             "step_s": dt,
+            "cpu_s": cpu,  # CPU seconds of this process in the step (all its threads; not loader workers)
             "cursor": cursor,
         }
         records.append(record)

@@ -89,7 +89,7 @@ def test_build_on_two_nodes_with_a_worker_killed_equals_local(
     killer.start()
     try:
         proc = _mm1data(
-            "build", "--mix", "45:45:10", "--shard-size", "1", "--quiet",
+            "build", "--mix", "45:45:10", "--shard-size", "1", "--seq-len", "1024", "--quiet",
             "--ray-address", address, "--output", str(out),
         )  # fmt: skip
     finally:

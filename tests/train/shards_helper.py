@@ -162,3 +162,21 @@ def _example(
         "n_tokens": len(tokens),
         "n_images": len(jpegs),
     }
+
+
+def write_default_shaped(out: Path, shared: Path, *, n_shards: int = 2, seqs_per_shard: int = 32) -> Path:
+    """:func:`write_packed_dataset` in the shapes of the default ``mm1data build`` (``BuildConfig``):
+    4,096-token sequences, ≤ 16 images of 378² with 144 image tokens each."""
+    from mm1data.config import BuildConfig
+
+    build = BuildConfig()
+    return write_packed_dataset(
+        out,
+        shared,
+        seq_len=build.seq_len,
+        image_size=build.image_size,
+        image_tokens=build.image_tokens,
+        max_images=build.max_images,
+        n_shards=n_shards,
+        seqs_per_shard=seqs_per_shard,
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import shutil
+import tarfile
 from collections import Counter
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pytest
 from PIL import Image
 
 from mm1data.errors import UsageError
+from mm1data.shards.format import shard_name
 from mm1data.train.data import (
     PackedBatches,
     PackedDataset,
@@ -20,6 +22,8 @@ from mm1data.train.data import (
     ShardReader,
     collate,
     decode_jpeg_into,
+    index_tar,
+    index_tar_with_tarfile,
     make_loader,
     open_dataset,
 )
@@ -166,3 +170,22 @@ def test_reads_s3_through_fsspec(
     finally:
         server.stop()
         shutil.rmtree(tmp_path / "cache", ignore_errors=True)
+
+
+@pytest.mark.parametrize("fmt", [tarfile.USTAR_FORMAT, tarfile.GNU_FORMAT, tarfile.PAX_FORMAT])
+def test_the_header_walk_indexes_tars_as_tarfile_does(packed_dataset: Path, tmp_path: Path, fmt: int) -> None:
+    shard = str(packed_dataset / shard_name(0, 0))
+    assert index_tar(shard) == index_tar_with_tarfile(shard) and len(index_tar(shard)) == 12
+    path = tmp_path / "t.tar"
+    with tarfile.open(path, "w", format=fmt) as tar:
+        names = ["a/000.json", "a/000.img000.jpg", "b" * 120 + "/001.json", "002.tokens.npy", "x/y/003.json"]
+        for i, name in enumerate(names):  # a 129-character name: ustar prefix, GNU long name, pax header
+            info = tarfile.TarInfo(name)
+            info.size = 700 * i
+            tar.addfile(info, io.BytesIO(bytes(info.size)))
+    assert index_tar(str(path)) == index_tar_with_tarfile(str(path))
+    data = bytearray(path.read_bytes())
+    data[5] ^= 1  # a flipped bit in the first header's name
+    path.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="bad tar header checksum at byte 0"):
+        index_tar(str(path))

@@ -203,3 +203,24 @@ def test_bad_model_settings_fail_with_one_line() -> None:
         model_config("tiny", {"width": 3}, vocab_size=10)
     with pytest.raises(UsageError, match="image_tokens 10 must be a square"):
         model_config("tiny", vocab_size=10, image_size=56, image_tokens=10)
+
+
+@pytest.mark.parametrize("z_loss", [0.0, 1e-2])
+def test_chunked_cross_entropy_equals_the_autograd_reference(packed_dataset: Path, z_loss: float) -> None:
+    ds = open_dataset(str(packed_dataset))
+    reader = ShardReader(ds)
+    batch = collate([reader.read(0, i) for i in range(4)], ds.streams, ds.image_size)
+
+    def run(loss_chunk: int) -> tuple[dict, list[torch.Tensor]]:
+        model = _model(ds, loss_chunk=loss_chunk)
+        out = model(batch, z_loss=z_loss)
+        (out["loss"] * 0.37).backward()
+        return out, [p.grad for p in model.parameters()]
+
+    (ref, ref_grads), (chunked, grads) = run(0), run(7)  # 7: many blocks, the last one partial
+    assert len(ref["ce"]) > 7 * 10 and len(ref["ce"]) % 7
+    torch.testing.assert_close(chunked["ce"], ref["ce"], atol=1e-5, rtol=0)
+    for key in ("loss", "ce_sum", "z_sum"):
+        torch.testing.assert_close(chunked[key], ref[key], atol=1e-3, rtol=1e-6)
+    for a, b in zip(grads, ref_grads, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
