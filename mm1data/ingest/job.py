@@ -100,7 +100,8 @@ class IngestPhase(Phase):
 
     def fingerprint(self) -> Any:
         sample = [to_dict(self.sample)] if self.sample else []
-        return [to_dict(self.sources), to_dict(self.cfg), source_signature(self.units), *sample, self.synthetic]
+        later = [] if self.synthetic else ["synthetic captions joined later"]
+        return [to_dict(self.sources), to_dict(self.cfg), source_signature(self.units), *sample, *later]
 
     def run(self, data: Data, ctx: Context) -> dict[str, Any]:
         out = {s: read_stream(us, self.cfg, self.sample) for s, us in self.units.items()}
