@@ -1,6 +1,6 @@
 """The fetch stage: a block of distinct URLs in, one result per URL out, checkpointed as it goes.
 
-:func:`fetch_block` is the Ray Data UDF (one call per block of at most ``download.urls_per_task``
+:func:`fetch_block` is a Ray task (one per block of at most ``download.urls_per_task``
 URLs): an event loop and a :class:`~mm1data.download.client.Client` fetch every URL of the block
 concurrently (the client bounds requests per task and per host). Each body goes through the one
 image decode (:func:`mm1data.ingest.base.describe_image`: validity, size, perceptual hashes, and
@@ -144,7 +144,7 @@ class PartWriter:
 def fetch_block(
     todo: pa.Table, cfg: DownloadConfig, ingest: IngestConfig, render: Render | None, parts_url: str
 ) -> pa.Table:
-    """Ray Data UDF: fetch every URL of a :data:`TODO` block, checkpoint the results under
+    """Ray task: fetch every URL of a :data:`TODO` block, checkpoint the results under
     ``parts_url``, return them as :data:`URL_ROW` rows (without the image bytes)."""
     if todo.num_rows == 0:
         return URL_ROW.empty_table()

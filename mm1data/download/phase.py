@@ -582,11 +582,10 @@ def _task(fn):
     return ray.remote(num_cpus=0.1)(fn)
 
 
-def split_blocks(ds, rows_per_block: int):
-    """``ds`` (executed) as a dataset whose blocks hold at most ``rows_per_block`` rows: one small
-    task cuts each bigger block (so fetching spreads over as many tasks as the URLs need)."""
+def cut_blocks(ds, rows_per_block: int) -> tuple[list, int]:
+    """(object refs of ``ds``'s rows in tables of at most ``rows_per_block`` rows, how many rows):
+    one small task cuts each bigger block (so fetching spreads over as many tasks as the URLs need)."""
     import ray
-    import ray.data
 
     refs = ds.to_arrow_refs()
     rows = ray.get([_task(_num_rows).remote(r) for r in refs])
@@ -597,7 +596,7 @@ def split_blocks(ds, rows_per_block: int):
             out.append(ref)
         elif pieces > 1:
             out.extend(_task(_cut).options(num_returns=pieces).remote(ref, pieces))
-    return ray.data.from_arrow_refs(out), sum(rows)
+    return out, sum(rows)
 
 
 def read_parts(url: str, columns: list[str] | None, schema: pa.Schema):
@@ -712,18 +711,12 @@ class DownloadPhase(Phase):
         ).materialize()
 
         # 2. fetch what has no (good enough) result; results stream into checkpoint parts
-        todo, n_todo = split_blocks(_map(plan, _is_todo), cfg.urls_per_task)
-        fetched = (
-            todo.map_batches(
-                fetch_block,
-                fn_args=(cfg, self.ingest, self.render, parts_url),
-                batch_size=None,
-                batch_format="pyarrow",
-                num_cpus=cfg.task_cpus,
-            )
-            if n_todo
-            else ray.data.from_arrow(URL_ROW.empty_table())
-        )
+        # (plain tasks, not a Ray Data map: its resource budget shares the CPUs among the
+        # operators of the plan and ran one fetch task at a time on two CPUs)
+        todo, n_todo = cut_blocks(_map(plan, _is_todo), cfg.urls_per_task)
+        fetch = ray.remote(fetch_block).options(num_cpus=cfg.task_cpus)
+        done = [fetch.remote(block, cfg, self.ingest, self.render, parts_url) for block in todo]
+        fetched = ray.data.from_arrow_refs(done) if done else ray.data.from_arrow(URL_ROW.empty_table())
         urls = _map(plan, _is_reused).union(fetched).materialize()
 
         # 3. stats, partitioned by host
