@@ -82,7 +82,7 @@ def source_options(fn: Callable) -> Callable:
     return fn
 
 
-SOURCE_FLAGS = ("config", "captions", "interleaved", "text", "synthetic_captions", "ray_address")
+SOURCE_FLAGS = ("config", "captions", "interleaved", "text", "synthetic_captions", "ray_address", "download")
 
 
 def recipe_from_options(
