@@ -4,6 +4,7 @@ shards through the same phases as local ones, the lost ones are rejected by the 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 from collections import Counter
 
@@ -28,9 +29,17 @@ def test_build_fetches_url_captions_into_the_packed_shards(
     cases = planted(server, names) + [(server.url(f"img/{n}"), None) for n in names[30:42]]
     captions = [f"a photograph of a scene, number {i}, with people and things" for i in range(len(cases))]
     pq.write_table(pa.table({"url": [u for u, _ in cases], "caption": captions}), tmp_path / "urls.parquet")
+    # synthetic captions keyed by image sha256 meet the pairs once their images are fetched
+    sha = hashlib.sha256(coco_images[names[30]]).hexdigest()
+    lines = [
+        {"sha256": sha, "caption": "A model-written description.", "generator": "capgen"},
+        {"sha256": "0" * 64, "caption": "Nobody has this image.", "generator": "capgen"},
+    ]
+    (tmp_path / "synthetic.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
     recipe = Recipe(
         sources=Sources(
             captions=(SourceSpec(str(tmp_path / "urls.parquet")),),
+            synthetic_captions=(SourceSpec(str(tmp_path / "synthetic.jsonl")),),
             text=(SourceSpec(str(shared_data / "c-text/olmo-c4-sample.01.json.gz"), name="c4"),),
         ),
         download=loopback_config(nxdomain.address),
@@ -44,6 +53,11 @@ def test_build_fetches_url_captions_into_the_packed_shards(
     lost = Counter(f"download/{r}" for _, r in cases if r)
     assert {k: v for k, v in cap["rejected_by_reason"].items() if k.startswith("download/")} == dict(lost)
     assert stats["download"]["urls"] == len(cases) and stats["download"]["fetched"] == len(cases)
+    syn = stats["streams"]["synthetic_caption"]
+    assert syn["kept"] == 1 and syn["rejected_by_reason"] == {"ingest/no_matching_image": 1}
+    pairs = pq.read_table(out / "_work" / "download" / "caption").to_pylist()
+    (with_syn,) = [r for r in pairs if len(r["captions"]) == 2]
+    assert with_syn["image_sha256"] == sha and with_syn["captions"][1]["provenance"] == "synthetic:capgen"
 
     # the caption examples in the shards are rows whose image was had, each once at most
     manifest = json.loads((out / "manifest.json").read_text())
