@@ -7,7 +7,8 @@ image decode (:func:`mm1data.ingest.base.describe_image`: validity, size, percep
 the square render of ``mm1data download --image-size`` from the same decode). Results, image bytes
 included, stream into checkpoint parts (:class:`PartWriter`, Parquet named by the hash of their
 rows) every ``download.checkpoint_rows`` results or ``download.checkpoint_s`` seconds, so a killed
-run loses at most the requests in flight; the UDF returns the results without the bytes.
+run loses at most the requests in flight; the task returns the results without the bytes (it holds
+them only until their part is written).
 """
 
 from __future__ import annotations
@@ -159,7 +160,7 @@ def fetch_block(
             row = judge(await client.fetch(urls[i]), ingest, render, md5)
             row.update(k=keys[i], round=rounds[i])
             writer.add(row)
-            return row
+            return {**row, "image": None}  # (the bytes live in the checkpoint part only)
 
         try:
             return await asyncio.gather(*(one(i) for i in range(todo.num_rows)))
