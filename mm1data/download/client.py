@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import errno
+import functools
 import ipaddress
 import os
 import random
@@ -152,13 +153,16 @@ def robots_tag_block(values: list[str], token: str, disallowed: frozenset[str]) 
 
 def ssl_context() -> ssl.SSLContext:
     """A verifying TLS context that honours ``SSL_CERT_FILE`` / ``SSL_CERT_DIR`` and the CA bundle
-    variables of requests and curl (``REQUESTS_CA_BUNDLE``, ``CURL_CA_BUNDLE``)."""
+    variables of requests and curl (``REQUESTS_CA_BUNDLE``, ``CURL_CA_BUNDLE``); one per process
+    and setting (loading the CA bundle costs more than many fetches)."""
     env = os.environ
     cafile = env.get("SSL_CERT_FILE") or env.get("REQUESTS_CA_BUNDLE") or env.get("CURL_CA_BUNDLE")
-    capath = env.get("SSL_CERT_DIR")
-    if cafile or capath:
-        return ssl.create_default_context(cafile=cafile or None, capath=capath or None)
-    return ssl.create_default_context()
+    return _context(cafile or None, env.get("SSL_CERT_DIR") or None)
+
+
+@functools.lru_cache(maxsize=4)
+def _context(cafile: str | None, capath: str | None) -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=cafile, capath=capath)
 
 
 def _dns_temporary(error: BaseException) -> bool:
