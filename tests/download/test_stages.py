@@ -90,6 +90,19 @@ def test_mmc4_raw_urls_become_pending_items(shared_data):
     assert refs.num_rows == 417
 
 
+def test_obelics_image_urls_become_pending_items(tmp_path):
+    texts = [["A page about cats.", None, "More text."], ["Only text here."]]
+    images = [[None, "https://h/cat.jpg", None], [None]]
+    pq.write_table(pa.table({"id": ["a", "b"], "texts": texts, "images": images}), tmp_path / "o.parquet")
+    off = rows("obelics", tmp_path / "o.parquet", IngestConfig(), "interleaved")
+    on = rows("obelics", tmp_path / "o.parquet", ON, "interleaved")
+    assert [r["reason"] for r in off[0]["item_rejects"]] == ["image_missing"]
+    (item,) = [it for it in on[0]["items"] if it["kind"] == "image"]
+    assert item["url"] == "https://h/cat.jpg" and item["image"] is None and not on[0]["item_rejects"]
+    docs = pending_docs(pa.Table.from_pylist(on, schema=DOCS.remove(DOCS.get_field_index("_row"))))
+    assert docs.num_rows == 1 and item_refs(docs).column("url").to_pylist() == ["https://h/cat.jpg"]
+
+
 def _stored(rows: list[dict]) -> pa.Table:
     for r in rows:
         r["k"] = url_keys(pa.array([r["url"]]))[0].as_py()
