@@ -23,6 +23,7 @@ import dataclasses
 import hashlib
 import io
 import json
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -158,32 +159,15 @@ def write_shards(parts: dict[str, pa.Table], output: str, shard_size: int) -> pa
     shards = table.column("shard").to_numpy()[order]
     bounds = np.flatnonzero(np.r_[True, shards[1:] != shards[:-1], True])
     index = table.column("index").to_numpy()
-    out = []
-    for a, b in zip(bounds[:-1], bounds[1:], strict=True):
-        shard = int(shards[a])
-        samples, status = [], []
-        for i in order[a:b].tolist():
+
+    def samples(shard: int, rows: list[int], status: list[dict]) -> Iterator[tuple[str, dict]]:
+        """The kept rows' samples, one at a time (the tar is the only whole copy of the images);
+        every row's status appended to ``status``."""
+        for i in rows:
             key = sample_key(shard, int(index[i]), shard_size)
             rej = cols["reject"][i]
             caption = cols["captions"][i][0]["text"] if cols["captions"][i] else None
             url, fmt = cols["url"][i], cols["format"][i]
-            if rej is None:
-                meta = {
-                    "key": key,
-                    "url": url,
-                    "caption": caption,
-                    "width": cols["width"][i],
-                    "height": cols["height"][i],
-                    "sha256": cols["image_sha256"][i],
-                    "status": "success",
-                }
-                members = {
-                    EXT.get(fmt or "", fmt or "bin"): images[i].as_buffer().to_pybytes(),
-                    "json": json.dumps(meta, sort_keys=True, ensure_ascii=False).encode(),
-                }
-                if caption is not None:
-                    members["txt"] = caption.encode()
-                samples.append((key, members))
             lin = cols["lineage"][i] or {}
             status.append(
                 {
@@ -200,18 +184,36 @@ def write_shards(parts: dict[str, pa.Table], output: str, shard_size: int) -> pa
                     "offset": lin.get("offset"),
                 }
             )
-        tar, _ = tar_bytes(samples)
+            if rej is not None:
+                continue
+            meta = {
+                "key": key,
+                "url": url,
+                "caption": caption,
+                "width": cols["width"][i],
+                "height": cols["height"][i],
+                "sha256": cols["image_sha256"][i],
+                "status": "success",
+            }
+            members = {
+                EXT.get(fmt or "", fmt or "bin"): images[i].as_buffer().to_pybytes(),
+                "json": json.dumps(meta, sort_keys=True, ensure_ascii=False).encode(),
+            }
+            if caption is not None:
+                members["txt"] = caption.encode()
+            yield key, members
+
+    out = []
+    for a, b in zip(bounds[:-1], bounds[1:], strict=True):
+        shard, status = int(shards[a]), []
+        tar, _ = tar_bytes(samples(shard, order[a:b].tolist(), status))
         buf = io.BytesIO()
         pq.write_table(pa.Table.from_pylist(status, schema=ROW_STATUS), buf, compression="zstd")
         put_whole(fs, f"{root}/{shard:05d}.parquet", buf.getvalue())
         put_whole(fs, f"{root}/{shard:05d}.tar", tar)
+        kept = sum(r["status"] == "success" for r in status)
         out.append(
-            {
-                "shard": shard,
-                "rows": len(status),
-                "kept": len(samples),
-                "tar_sha256": hashlib.sha256(tar).hexdigest(),
-            }
+            {"shard": shard, "rows": len(status), "kept": kept, "tar_sha256": hashlib.sha256(tar).hexdigest()}
         )
     return pa.Table.from_pylist(out, schema=SHARD_OUT)
 
