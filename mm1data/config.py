@@ -100,7 +100,9 @@ class DownloadConfig:
     checkpoint_rows: int = 256  # results per checkpoint part, at most
     checkpoint_s: float = 5.0  # a part is written at least this often while fetching
     rows_per_partition: int = 100_000  # URL/reference rows per plan and stats partition (ROWS_PER_TASK)
-    bytes_per_partition: int = 1 << 30  # image bytes per fill partition (fills carry the images)
+    # image bytes per fill / shard-writing partition: a task holds a few copies of its images (the
+    # join, the tar), so this bounds its memory whatever the table size
+    bytes_per_partition: int = 256 << 20
     user_agent_token: str = "mm1data"
     disallowed_header_directives: tuple[str, ...] = DISALLOWED_HEADER_DIRECTIVES
     robots_txt: bool = False
