@@ -16,7 +16,8 @@ child's whole process tree (driver, Ray workers) from ``/proc`` every 0.2 s:
   img2dataset-style loop (Pillow decode → resize → center crop → JPEG → tar), datatrove's
   LanguageFilter + Gopher + C4 on the captions, and datasketch MinHash of the captions.
 
-Printed per size: wall seconds per phase, driver peak RSS, the largest worker's peak anonymous
+Printed per size: wall seconds per phase, driver peak RSS (and its anonymous part: RSS also
+counts object-store pages the driver maps while reading task results), the largest worker's peak anonymous
 RSS, peak object-store spill, and the log-log slope of time per phase from the smallest to the
 largest size. Criteria (issue 10): driver <= 600 MiB and within +10 %; largest worker <= 2 GiB
 and within +20 %; slope <= 1.1 per phase.
@@ -90,7 +91,7 @@ class Sampler(threading.Thread):
     def __init__(self, pid: int, spill: Path) -> None:
         super().__init__(daemon=True)
         self.pid, self.spill = pid, spill
-        self.driver = self.worker = self.spilled = 0
+        self.driver = self.driver_anon = self.worker = self.spilled = 0
         self.worker_cmd = ""
         self.stop = threading.Event()
 
@@ -100,6 +101,7 @@ class Sampler(threading.Thread):
                 rss, anon, cmd = _status(p)
                 if p == self.pid:
                     self.driver = max(self.driver, rss)
+                    self.driver_anon = max(self.driver_anon, anon)
                 elif ("ray::" in cmd or "default_worker.py" in cmd) and anon > self.worker:
                     self.worker, self.worker_cmd = anon, cmd.split(" ")[0][:60]
             if self.spill.exists():
@@ -138,6 +140,7 @@ def run_child(args: list[str], env: dict | None = None) -> dict:
     result = json.loads(out.strip().splitlines()[-1])
     result.update(
         driver_mib=sampler.driver / MIB,
+        driver_anon_mib=sampler.driver_anon / MIB,
         worker_mib=sampler.worker / MIB,
         spill_mib=sampler.spilled / MIB,
         worker_cmd=sampler.worker_cmd,
@@ -188,8 +191,9 @@ def child_build(data: Path, out: Path, num_cpus: int, image_size: int) -> dict:
     dev_full = max((abs(s["mix"][g] - w) for s in full for g, w in target.items()), default=0.0)
     dev_all = max((abs(s["mix"][g] - w) for s in manifest["shards"] for g, w in target.items()), default=0.0)
     rejects = pads.dataset(out / "rejects").to_table(columns=["id", "stream", "stage", "reason"]).to_pylist()
-    dedup = {r["id"] for r in rejects if r["stage"] == "dedup"}
-    other = {r["id"] for r in rejects if r["stage"] != "dedup"}
+    # reject ids carry the source file's stem ("captions:cap00000075"); the truth has bare ids
+    dedup = {r["id"].split(":", 1)[-1] for r in rejects if r["stage"] == "dedup"}
+    other = {r["id"].split(":", 1)[-1] for r in rejects if r["stage"] != "dedup"}
 
     def recall(pairs: list) -> tuple[int, int]:
         live = [p for p in pairs if p[0] not in other and p[1] not in other]
@@ -627,7 +631,9 @@ def print_table(tier: str, rows: list[tuple[int, dict]], phases: list[str]) -> N
     sizes = [n for n, _ in rows]
     print(f"\ntier {tier}")
     print(
-        "| rows | " + " | ".join(phases) + " | total s | driver peak MiB | largest worker MiB | spill MiB |"
+        "| rows | "
+        + " | ".join(phases)
+        + " | total s | driver peak MiB (anon) | largest worker MiB | spill MiB |"
     )
     print("|---:|" + "---:|" * (len(phases) + 4))
     for n, r in rows:
@@ -635,7 +641,8 @@ def print_table(tier: str, rows: list[tuple[int, dict]], phases: list[str]) -> N
         cells = " | ".join(f"{t.get(p, 0):.1f}" for p in phases)
         total = r.get("wall_s", sum(t.get(p, 0) for p in phases))
         print(
-            f"| {n:,} | {cells} | {total:.1f} | {r['driver_mib']:.0f} | {r['worker_mib']:.0f} "
+            f"| {n:,} | {cells} | {total:.1f} | {r['driver_mib']:.0f} ({r.get('driver_anon_mib', 0):.0f}) "
+            f"| {r['worker_mib']:.0f} "
             f"| {r['spill_mib']:.0f} |"
         )
     slopes = {p: slope(sizes, [r["timings"].get(p, 0) for _, r in rows]) for p in phases}

@@ -3,8 +3,8 @@
 - **texts**: documents of 200–3,000 words made of real English sentences (the Dolma CC sample in
   ``../shared/data-candidates/c-text``, one sentence pool), drawn at random, so two documents
   share almost no 5-gram and pass the quality filters like real web text;
-- **images**: procedural JPEGs (a random 6×6 colour field, smoothly upsampled, plus a random
-  texture), whose perceptual hashes are far apart;
+- **images**: procedural JPEGs (random ellipses and rectangles plus a texture), whose perceptual
+  hashes are far apart;
 - **caption pairs** (Parquet with image bytes), **interleaved docs** (OBELICS-style Parquet with
   3–6 images between paragraphs) and **text docs** (JSONL);
 - **planted**: exact duplicates (3 % of records: same text or image bytes under another id),
@@ -35,7 +35,11 @@ SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "data-candid
 
 
 def sentence_pool(shared: Path = SHARED) -> list[str]:
-    """Real English sentences (8–40 words, ending in terminal punctuation) from the Dolma sample."""
+    """Real English sentences (8–40 words, ending in terminal punctuation, lid.176 says English
+    with score >= 0.9) from the Dolma sample, which also holds other languages."""
+    from mm1data.filters.language import LanguageIdentifier
+
+    lid = LanguageIdentifier()
     path = next((shared / "c-text").glob("dolma-CC-*.jsonl.gz"))
     out = []
     with gzip.open(path, "rt") as f:
@@ -43,7 +47,9 @@ def sentence_pool(shared: Path = SHARED) -> list[str]:
             for s in re.split(r"(?<=[.!?])\s+", json.loads(line)["text"]):
                 words = s.split()
                 if 8 <= len(words) <= 40 and s[-1] in ".!?" and s.isprintable():
-                    out.append(" ".join(words))
+                    lang, score = lid.predict(s)
+                    if lang == "en" and score >= 0.9:
+                        out.append(" ".join(words))
     return sorted(set(out))
 
 
@@ -66,11 +72,21 @@ def change_words(text: str, frac: float, rng: random.Random) -> str:
 
 
 def make_image(rng: np.random.Generator, px: int, quality: int = 85) -> bytes:
-    """A procedural JPEG of ``px``² with a distinct perceptual hash."""
-    field_ = rng.integers(0, 256, (6, 6, 3), dtype=np.uint8)
-    base = Image.fromarray(field_, "RGB").resize((px, px), Image.Resampling.BICUBIC)
+    """A procedural JPEG of ``px``²: eight random ellipses and rectangles over a random background,
+    plus a texture. Edges make the perceptual hash as stable as a photo's under re-encoding,
+    resizing and cropping (a smooth colour field is not: its DCT signs flip), and the hashes of
+    two such images are far apart."""
+    from PIL import ImageDraw
+
+    img = Image.new("RGB", (px, px), tuple(int(x) for x in rng.integers(0, 256, 3)))
+    draw = ImageDraw.Draw(img)
+    for _ in range(8):
+        x0, y0 = (int(v) for v in rng.integers(-px // 4, px, 2))
+        w, h = (int(v) for v in rng.integers(px // 6, px * 2 // 3, 2))
+        shape = draw.ellipse if rng.random() < 0.5 else draw.rectangle
+        shape([x0, y0, x0 + w, y0 + h], fill=tuple(int(x) for x in rng.integers(0, 256, 3)))
     noise = rng.integers(-12, 13, (px, px, 3))
-    arr = np.clip(np.asarray(base, dtype=np.int16) + noise, 0, 255).astype(np.uint8)
+    arr = np.clip(np.asarray(img, dtype=np.int16) + noise, 0, 255).astype(np.uint8)
     out = io.BytesIO()
     Image.fromarray(arr, "RGB").save(out, "JPEG", quality=quality)
     return out.getvalue()

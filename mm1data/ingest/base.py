@@ -72,6 +72,35 @@ def read_bytes(path: str) -> bytes:
         return f.read()
 
 
+class TableFile:
+    """A Parquet, CSV or TSV file (CSV/TSV possibly compressed) read as a stream of record batches
+    (one row group or CSV block at a time), so a reader's memory does not grow with the file."""
+
+    def __init__(self, path: str, fmt: str, rows: int) -> None:
+        self.path, self.fmt, self.rows = path, fmt, rows
+        with open_text(path) as f:
+            self.columns = self._reader(f)[0]
+
+    def _reader(self, f, names: list[str] | None = None) -> tuple[list[str], Iterator[pa.RecordBatch]]:
+        if self.fmt in ("csv", "tsv"):  # every column as text: types guessed per block could disagree
+            import pyarrow.csv as pacsv
+
+            parse = pacsv.ParseOptions(delimiter="\t" if self.fmt == "tsv" else ",")
+            if names is None:
+                return pacsv.open_csv(f, parse_options=parse).schema.names, iter(())
+            convert = pacsv.ConvertOptions(column_types=dict.fromkeys(names, pa.string()))
+            return names, iter(pacsv.open_csv(f, parse_options=parse, convert_options=convert))
+        import pyarrow.parquet as pq
+
+        pf = pq.ParquetFile(f)
+        return pf.schema_arrow.names, pf.iter_batches(batch_size=self.rows)
+
+    def batches(self) -> Iterator[pa.RecordBatch]:
+        """The file's rows in order, at most ``rows`` per batch for Parquet."""
+        with open_text(self.path) as f:
+            yield from self._reader(f, self.columns)[1]
+
+
 def open_text(path: str) -> io.BufferedIOBase:
     """Open a possibly compressed (.gz, .zst, .bz2, .xz) line file for reading bytes line by line."""
     if path.endswith(".zst"):

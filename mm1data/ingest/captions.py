@@ -11,7 +11,6 @@ a hash column, holds the expected digest as ``"<sha256|md5>:<hex>"``.
 
 from __future__ import annotations
 
-import io
 import json
 import posixpath
 import tarfile
@@ -19,13 +18,13 @@ from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import PurePosixPath
 
+import fsspec
 import pyarrow as pa
-import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
 
 from mm1data.config import IngestConfig
 from mm1data.ingest.base import (
     BadImage,
+    TableFile,
     Unit,
     batched,
     decode_utf8,
@@ -115,35 +114,57 @@ def _default_coco_folder(json_path: str) -> str:
     return str(p.parent.parent / split)
 
 
-def read_webdataset(unit: Unit, cfg: IngestConfig) -> Iterator[pa.Table]:
-    """Caption pairs from a WebDataset / img2dataset tar; a truncated tar keeps what was read
-    and adds one ``tar_truncated`` reject for the unreadable rest."""
-    stem = PurePosixPath(unit.path).name
-    samples: dict[str, dict[str, bytes]] = {}
-    order: list[str] = []
-    error: str | None = None
+def tar_samples(path: str) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """``(key, {extension: bytes})`` per sample of a WebDataset tar, read as a stream (members of a
+    sample are consecutive, as the format requires), so memory holds one sample at a time. A
+    damaged tar raises ``TarDamaged`` after the last whole sample; the sample being read is cut."""
+    key, parts = None, {}
     try:
-        with tarfile.open(fileobj=io.BytesIO(read_bytes(unit.path)), mode="r:*") as tar:
+        with fsspec.open(path, "rb") as raw, tarfile.open(fileobj=raw, mode="r|*") as tar:
             for member in tar:
                 if not member.isfile():
                     continue
-                key, _, ext = member.name.rpartition("/")[2].partition(".")
+                name, _, ext = member.name.rpartition("/")[2].partition(".")
                 prefix = member.name.rpartition("/")[0]
-                full_key = f"{prefix}/{key}" if prefix else key
+                full_key = f"{prefix}/{name}" if prefix else name
                 f = tar.extractfile(member)
                 if f is None:
                     continue
-                if full_key not in samples:
-                    samples[full_key] = {}
-                    order.append(full_key)
-                samples[full_key][ext.lower()] = f.read()
+                if full_key != key:
+                    if key is not None:
+                        yield key, parts
+                    key, parts = full_key, {}
+                parts[ext.lower()] = f.read()
     except (tarfile.TarError, EOFError, OSError, ValueError, UnicodeDecodeError) as e:
-        error = f"{type(e).__name__}: {e}"
-    cut = order.pop() if error and order else None  # the sample being read when the tar ended
+        raise TarDamaged(key, f"{type(e).__name__}: {e}") from e
+    if key is not None:
+        yield key, parts
+
+
+class TarDamaged(Exception):
+    """A tar that ends or breaks mid-stream; ``cut`` is the key of the sample being read."""
+
+    def __init__(self, cut: str | None, detail: str) -> None:
+        super().__init__(detail)
+        self.cut, self.detail = cut, detail
+
+
+def read_webdataset(unit: Unit, cfg: IngestConfig) -> Iterator[pa.Table]:
+    """Caption pairs from a WebDataset / img2dataset tar, streamed; a truncated tar keeps what was
+    read and adds one ``tar_truncated`` reject for the unreadable rest."""
+    stem = PurePosixPath(unit.path).name
 
     def rows() -> Iterator[dict]:
-        for offset, key in enumerate(order):
-            parts = samples[key]
+        count, samples = 0, tar_samples(unit.path)
+        while True:
+            try:
+                key, parts = next(samples)
+            except StopIteration:
+                return
+            except TarDamaged as e:
+                yield rejected(f"{stem}:{e.cut or '#truncated'}", unit.path, count, "tar_truncated", e.detail)
+                return
+            offset, count = count, count + 1
             row_id = f"{stem}:{key}"
             data = next((parts[e] for e in IMAGE_EXTS if e in parts), None)
             meta: dict = {}
@@ -163,8 +184,6 @@ def read_webdataset(unit: Unit, cfg: IngestConfig) -> Iterator[pa.Table]:
                 continue
             captions = [{"text": text, "provenance": "alt_text"}] if text else []
             yield caption_row(row_id, data, captions, meta.get("url"), unit.path, offset, cfg)
-        if error is not None:
-            yield rejected(f"{stem}:{cut or '#truncated'}", unit.path, len(order), "tar_truncated", error)
 
     yield from batched(rows(), CAPTION_PAIR, cfg.rows_per_batch)
 
@@ -175,34 +194,15 @@ def _first(columns: list[str], candidates: tuple[str, ...]) -> str | None:
 
 def table_columns(path: str, fmt: str) -> list[str]:
     """The column names of a caption table (Parquet schema, CSV/TSV header, first JSON line)."""
-    if fmt == "parquet":
-        with open_text(path) as f:
-            return pq.ParquetFile(f).schema_arrow.names
+    if fmt != "jsonl":
+        return TableFile(path, fmt, 1).columns
     with open_text(path) as f:
         first = f.readline()
-    if fmt == "jsonl":
-        try:
-            value = json.loads(first)
-        except ValueError:
-            return []
-        return list(value) if isinstance(value, dict) else []
-    parse = pacsv.ParseOptions(delimiter="\t" if fmt == "tsv" else ",")
-    return pacsv.read_csv(io.BytesIO(first), parse_options=parse).column_names
-
-
-def _table_batches(unit: Unit, cfg: IngestConfig) -> Iterator[pa.RecordBatch]:
-    """Record batches of a Parquet, CSV or TSV caption table, streamed (memory bounded by the
-    batch size). CSV/TSV columns are read as strings, so no later block can break a type guess."""
-    if unit.format in ("csv", "tsv"):
-        parse = pacsv.ParseOptions(delimiter="\t" if unit.format == "tsv" else ",")
-        with open_text(unit.path) as f:
-            names = pacsv.open_csv(f, parse_options=parse).schema.names
-        convert = pacsv.ConvertOptions(column_types=dict.fromkeys(names, pa.string()))
-        with open_text(unit.path) as f:
-            yield from pacsv.open_csv(f, parse_options=parse, convert_options=convert)
-        return
-    with open_text(unit.path) as f:
-        yield from pq.ParquetFile(f).iter_batches(batch_size=cfg.rows_per_batch)
+    try:
+        value = json.loads(first)
+    except ValueError:
+        return []
+    return list(value) if isinstance(value, dict) else []
 
 
 def _jsonl_batches(unit: Unit, cfg: IngestConfig, bad: dict[int, str]) -> Iterator[pa.RecordBatch]:
@@ -255,7 +255,10 @@ def read_table_captions(unit: Unit, cfg: IngestConfig) -> Iterator[pa.Table]:
     dl = cfg.download
     stem = PurePosixPath(unit.path).stem
     bad: dict[int, str] = {}
-    batches = _jsonl_batches(unit, cfg, bad) if unit.format == "jsonl" else _table_batches(unit, cfg)
+    if unit.format == "jsonl":
+        batches = _jsonl_batches(unit, cfg, bad)
+    else:
+        batches = TableFile(unit.path, unit.format, cfg.rows_per_batch).batches()
 
     def records() -> Iterator[tuple]:
         names: tuple | None = None

@@ -10,7 +10,6 @@ download phase (:mod:`mm1data.download`) fills or moves to ``item_rejects``.
 
 from __future__ import annotations
 
-import io
 import json
 import posixpath
 from collections.abc import Iterator
@@ -19,11 +18,11 @@ from pathlib import PurePosixPath
 from urllib.parse import unquote
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from mm1data.config import IngestConfig
 from mm1data.ingest.base import (
     BadImage,
+    TableFile,
     Unit,
     batched,
     decode_utf8,
@@ -135,13 +134,13 @@ def _mmc4_items(doc: dict, unit: Unit, cfg: IngestConfig) -> list[dict]:
 def read_obelics(unit: Unit, cfg: IngestConfig) -> Iterator[pa.Table]:
     """OBELICS-style Parquet: parallel ``texts`` / ``images`` lists where exactly one is non-null
     per position; ``images`` holds bytes (or a dict with ``bytes``) or URLs (then ``image_missing``)."""
-    table = pq.read_table(io.BytesIO(read_bytes(unit.path)))
+    table = TableFile(unit.path, "parquet", cfg.rows_per_batch)
     stem = PurePosixPath(unit.path).stem
-    cols = table.column_names
+    cols = table.columns
 
     def rows() -> Iterator[dict]:
         offset = 0
-        for batch in table.to_batches(max_chunksize=cfg.rows_per_batch):
+        for batch in table.batches():
             data = batch.to_pydict()
             for i in range(batch.num_rows):
                 row_id = f"{stem}:{data['id'][i]}" if "id" in cols else f"{stem}:{offset}"

@@ -6,16 +6,14 @@ Dolma rows carry ``id``, ``text``, ``source`` and ``metadata.url``; C4 rows ``te
 
 from __future__ import annotations
 
-import io
 import json
 from collections.abc import Iterator
 from pathlib import PurePosixPath
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from mm1data.config import IngestConfig
-from mm1data.ingest.base import Unit, batched, decode_utf8, open_text, read_bytes, rejected
+from mm1data.ingest.base import TableFile, Unit, batched, decode_utf8, open_text, rejected
 from mm1data.schemas import TEXT_DOC
 
 CORE_FIELDS = ("id", "text", "url", "source")
@@ -80,12 +78,12 @@ def read_jsonl(unit: Unit, cfg: IngestConfig) -> Iterator[pa.Table]:
 
 def read_parquet_text(unit: Unit, cfg: IngestConfig) -> Iterator[pa.Table]:
     """One TextDoc per Parquet row (columns as in the JSONL shapes)."""
-    table = pq.read_table(io.BytesIO(read_bytes(unit.path)))
+    table = TableFile(unit.path, "parquet", cfg.rows_per_batch)
     stem = PurePosixPath(unit.path).stem
 
     def rows() -> Iterator[dict]:
         offset = 0
-        for batch in table.to_batches(max_chunksize=cfg.rows_per_batch):
+        for batch in table.batches():
             for doc in batch.to_pylist():
                 yield text_row(doc, f"{stem}:{offset}", unit, offset, cfg)
                 offset += 1
