@@ -1,6 +1,6 @@
 """``mm1data build``: the whole pipeline as one list of phases run by the executor.
 
-ingest → filter → dedup → tokenize → plan → write (see each phase's module, and
+ingest → (download) → filter → dedup → tokenize → plan → write (see each phase's module, and
 :mod:`mm1data.runners.executor` for checkpoints, resume, rejects, stats and progress). ``mm1data
 ingest``, ``filter`` and ``dedup`` run prefixes of the same phases.
 """
@@ -12,7 +12,7 @@ import dataclasses
 from mm1data.config import BuildConfig, Recipe, to_dict
 from mm1data.dedup.phases import DedupPhase
 from mm1data.filters.job import FilterPhase
-from mm1data.ingest.job import IngestPhase, plan_streams
+from mm1data.ingest.job import ingest_phases, plan_streams
 from mm1data.pack.mix import parse_mix
 from mm1data.pack.phase import PlanPhase
 from mm1data.report import StageLog
@@ -32,7 +32,7 @@ def build_phases(recipe: Recipe) -> list[Phase]:
     target = parse_mix(cfg.mix)
     units = plan_streams(recipe)
     return [
-        IngestPhase(recipe.sources, recipe.ingest, units),
+        *ingest_phases(recipe, units),  # ingest, then download when recipe.download is enabled
         FilterPhase(recipe.filters),
         DedupPhase(recipe.dedup),
         TokenizePhase(cfg, tok, synthetic_share(cfg, target)),

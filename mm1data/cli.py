@@ -70,13 +70,19 @@ def source_options(fn: Callable) -> Callable:
         click.option(
             "--ray-address", default=None, help="Join an existing Ray cluster instead of a local one."
         ),
+        click.option(
+            "--download",
+            is_flag=True,
+            default=False,
+            help="Fetch images given only as URLs (caption tables, MMC4, OBELICS); see `download:`.",
+        ),
     ]
     for opt in opts:
         fn = opt(fn)
     return fn
 
 
-SOURCE_FLAGS = ("config", "captions", "interleaved", "text", "synthetic_captions", "ray_address")
+SOURCE_FLAGS = ("config", "captions", "interleaved", "text", "synthetic_captions", "ray_address", "download")
 
 
 def recipe_from_options(
@@ -86,6 +92,7 @@ def recipe_from_options(
     text: tuple[str, ...],
     synthetic_captions: tuple[str, ...],
     ray_address: str | None,
+    download: bool = False,
 ) -> Recipe:
     """The recipe a command runs: ``--config``, else the bundled sample; source flags replace its sources."""
     recipe = load_recipe(config) if config else None
@@ -101,6 +108,8 @@ def recipe_from_options(
         recipe = dataclasses.replace(recipe, sources=flag_sources)
     if ray_address:
         recipe = dataclasses.replace(recipe, ray=dataclasses.replace(recipe.ray, address=ray_address))
+    if download:
+        recipe = dataclasses.replace(recipe, download=dataclasses.replace(recipe.download, enabled=True))
     return recipe
 
 
@@ -237,6 +246,74 @@ def build(output: str, quiet: bool, restart: bool, log_json: bool, **kw: Any) ->
         click.echo(json.dumps(stats))
     elif not quiet:
         print_build_summary(stats)
+
+
+@main.command()
+@click.argument("inputs", nargs=-1, required=True)
+@click.option("--output", required=True, help="Output folder (local or s3://).")
+@click.option("--url-col", default=None, help="URL column (default: url, URL or image_url).")
+@click.option("--caption-col", default=None, help="Caption column (default: caption, TEXT, text, ...).")
+@click.option(
+    "--hash-col", default=None, help="Column with the image's expected sha256 (or md5, see recipe)."
+)
+@click.option("--timeout", "timeout_s", type=float, default=None, help="Seconds per attempt (default 10).")
+@click.option("--retries", type=int, default=None, help="Retries on retryable failures (default 2).")
+@click.option("--retry-failed", is_flag=True, default=None, help="Refetch URLs that failed retryably before.")
+@click.option(
+    "--image-size", type=int, default=None, help="Center-crop to N×N JPEG (default: keep the bytes)."
+)
+@click.option("--jpeg-quality", type=int, default=95, show_default=True, help="--image-size JPEG quality.")
+@click.option("--shard-size", type=int, default=10_000, show_default=True, help="Rows per shard.")
+@click.option("--config", "config", type=click.Path(), help="YAML recipe; its `download:` section is used.")
+@click.option("--ray-address", default=None, help="Join an existing Ray cluster instead of a local one.")
+@click.option("--quiet", is_flag=True, help="No summary.")
+def download(
+    inputs: tuple[str, ...],
+    output: str,
+    config: str | None,
+    image_size: int | None,
+    jpeg_quality: int,
+    shard_size: int,
+    ray_address: str | None,
+    quiet: bool,
+    **flags: Any,
+) -> None:
+    """Fetch the images of URL tables (Parquet, CSV, TSV, JSON lines) into WebDataset shards of
+    img2dataset's layout (key.jpg, key.txt, key.json) plus a per-row and a per-URL Parquet table.
+
+    Rerunning resumes: URLs with a result in OUTPUT/_work/download are not fetched again.
+    """
+    import json
+
+    from mm1data.config import DownloadConfig, from_dict
+    from mm1data.download.job import run_download
+    from mm1data.report import StageLog
+
+    recipe = load_recipe(config) if config else Recipe()
+    given = {k: v for k, v in flags.items() if v is not None}
+    cfg = from_dict(DownloadConfig, {**to_dict(recipe.download), **given, "enabled": True}, where="download")
+    ray = dataclasses.replace(recipe.ray, address=ray_address or recipe.ray.address)
+    stats = run_download(
+        list(inputs),
+        output,
+        cfg,
+        recipe.ingest,
+        shard_size=shard_size,
+        image_size=image_size,
+        jpeg_quality=jpeg_quality,
+        ray=ray,
+        log=StageLog(quiet=quiet),
+    )
+    if not quiet:
+        dl = stats["download"]
+        click.echo(
+            f"read {stats['read']}, kept {stats['kept']}, rejected {stats['rejected']}; "
+            f"{dl['urls']} distinct URLs ({dl['fetched']} fetched now, {dl['reused']} from the checkpoint), "
+            f"success {dl.get('success_rate', 0.0):.1%} in {stats['wall_s']:.1f} s"
+        )
+        for reason, n in stats["rejected_by_reason"].items():
+            click.echo(f"  {reason:<32}{n:>10}")
+        click.echo(json.dumps({"shards": len(stats["shards"]), "output": output}))
 
 
 @main.command("plan")

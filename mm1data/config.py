@@ -8,6 +8,7 @@ YAML is read with ``yaml.safe_load``: a recipe cannot execute code.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import types
 import typing
 from dataclasses import dataclass, field
@@ -51,9 +52,107 @@ class Sources:
         return not (self.captions or self.interleaved or self.text or self.synthetic_captions)
 
 
+DISALLOWED_HEADER_DIRECTIVES = ("noai", "noimageai", "noindex", "noimageindex")
+
+
+@dataclass(frozen=True)
+class DownloadConfig:
+    """The ``download:`` section: fetch images that sources give only as URLs.
+
+    Off by default (``enabled``; ``--download`` on ``ingest`` / ``build``). When on, caption tables
+    with a URL column and no bytes, MMC4 ``image_info[].raw_url`` and OBELICS image URLs become
+    *pending* images that the download phase fetches (each distinct URL once per build) instead of
+    ``no_image_bytes`` / ``image_missing`` rejects. Column names: ``None`` recognises LAION
+    ``URL``/``TEXT``, DataComp ``url``/``text`` and the usual others. ``hash_col`` names a column
+    with the expected digest of the image (``hash_type`` ``sha256`` as DataComp ships, or ``md5``).
+
+    Network defaults: 10 s total timeout as img2dataset's ``timeout``; at most 6 connections per
+    host as browsers (Chrome, Firefox) allow; 10 redirects as aiohttp's and curl's usual limit;
+    2 retries (3 attempts) with exponential backoff (0.5 s, doubled, half of it jittered, capped at
+    30 s) on connection errors, timeouts, 408, 429 and 5xx, honouring ``Retry-After`` up to
+    ``max_retry_after_s``; the ``X-Robots-Tag`` directives of img2dataset's
+    ``disallowed_header_directives`` (``noai``, ``noimageai``, ``noindex``, ``noimageindex``),
+    also when scoped to ``user_agent_token``; robots.txt (RFC 9309) only when ``robots_txt``.
+    ``dns_servers`` (``host[:port]``) replaces the system resolver (img2dataset's users are told to
+    run a local caching resolver for the same reason); ``allow_networks`` confines connections to
+    the given networks (a crawl kept inside a VPC, or tests kept on ``127.0.0.0/8``), also for URLs
+    that name an IP address. Proxy (``HTTP(S)_PROXY``, ``NO_PROXY``) and
+    CA (``SSL_CERT_FILE``, ``SSL_CERT_DIR``, ``REQUESTS_CA_BUNDLE``, ``CURL_CA_BUNDLE``) environment
+    variables are respected."""
+
+    enabled: bool = False
+    url_col: str | None = None
+    caption_col: str | None = None
+    hash_col: str | None = None
+    hash_type: str = "sha256"
+    timeout_s: float = 10.0  # whole request, body included, per attempt
+    connect_timeout_s: float = 5.0  # DNS + TCP + TLS
+    retries: int = 2
+    backoff_s: float = 0.5
+    max_backoff_s: float = 30.0
+    max_retry_after_s: float = 60.0  # a longer Retry-After fails the attempt (reason kept)
+    max_redirects: int = 10
+    max_bytes: int = 20 * 1024 * 1024  # body cap, the same as ingest.max_image_bytes
+    concurrency: int = 64  # requests in flight per fetch task
+    per_host: int = 6  # requests in flight per host and fetch task
+    urls_per_task: int = 256  # distinct URLs one fetch task takes (tasks grow with the URLs)
+    task_cpus: float = 1.0  # CPUs a fetch task holds (it decodes every image it fetches)
+    checkpoint_rows: int = 256  # results per checkpoint part, at most
+    checkpoint_s: float = 5.0  # a part is written at least this often while fetching
+    rows_per_partition: int = 100_000  # URL/reference rows per plan and stats partition (ROWS_PER_TASK)
+    # image bytes per fill / shard-writing partition: a task holds a few copies of its images (the
+    # join, the tar), so this bounds its memory whatever the table size
+    bytes_per_partition: int = 256 << 20
+    user_agent_token: str = "mm1data"
+    disallowed_header_directives: tuple[str, ...] = DISALLOWED_HEADER_DIRECTIVES
+    robots_txt: bool = False
+    dns_servers: tuple[str, ...] = ()
+    dns_timeout_s: float = 5.0
+    allow_networks: tuple[str, ...] = ()  # CIDRs; when set, connect to nothing else ("blocked_address")
+    retry_failed: bool = False  # refetch URLs whose checkpointed result is a retryable failure
+    top_hosts: int = 20  # hosts listed in stats.json
+
+    def __post_init__(self) -> None:
+        if self.hash_type not in ("sha256", "md5"):
+            raise UsageError(f"download.hash_type must be sha256 or md5, got {self.hash_type!r}")
+        positive = ("timeout_s", "connect_timeout_s", "dns_timeout_s", "concurrency", "per_host", "task_cpus")
+        sizes = ("urls_per_task", "checkpoint_rows", "rows_per_partition", "bytes_per_partition", "max_bytes")
+        for name in (*positive, *sizes):
+            if getattr(self, name) <= 0:
+                raise UsageError(f"download.{name} must be > 0")
+        if self.retries < 0 or self.max_redirects < 0:
+            raise UsageError("download.retries and download.max_redirects must be >= 0")
+        for net in self.allow_networks:
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError as e:
+                raise UsageError(f"download.allow_networks: {e}") from e
+        if not self.user_agent_token or any(c in self.user_agent_token for c in ":;,()\r\n"):
+            raise UsageError(f"download.user_agent_token must be one plain token: {self.user_agent_token!r}")
+
+
+DOWNLOAD_RUN_ONLY = (
+    "concurrency",
+    "per_host",
+    "urls_per_task",
+    "task_cpus",
+    "checkpoint_rows",
+    "checkpoint_s",
+    "rows_per_partition",
+    "bytes_per_partition",
+    "dns_servers",
+    "dns_timeout_s",
+    "top_hosts",
+)
+"""Download settings that change how fetching runs, never which results it keeps (left out of
+the download phase's fingerprint, so changing them does not redo later phases)."""
+
+
 @dataclass(frozen=True)
 class IngestConfig:
-    """Limits applied while reading raw records."""
+    """Limits applied while reading raw records. ``download`` is set by the jobs from the
+    recipe's ``download:`` section when it is enabled (see :func:`reader_config`): readers then
+    leave URL-only images pending instead of rejecting them."""
 
     max_image_bytes: int = 20 * 1024 * 1024
     max_image_pixels: int = 89_478_485  # Pillow's own decompression-bomb threshold
@@ -63,6 +162,7 @@ class IngestConfig:
     # already truncates payloads at 1 MiB (WARC-Truncated: length)
     max_html_bytes: int = 5 * 1024 * 1024
     rows_per_batch: int = 256
+    download: DownloadConfig | None = None
 
 
 @dataclass(frozen=True)
@@ -446,7 +546,25 @@ class Recipe:
     dedup: DedupConfig = field(default_factory=DedupConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     build: BuildConfig = field(default_factory=BuildConfig)
+    download: DownloadConfig = field(default_factory=DownloadConfig)
     plan: PlanConfig = field(default_factory=PlanConfig)
+
+
+def reader_config(recipe: Recipe) -> IngestConfig:
+    """The config readers get: ``recipe.ingest`` with ``download`` set when downloading is on, holding
+    only what readers read (columns and hash type; network settings stay out of the ingest
+    phase's fingerprint)."""
+    dl = recipe.download
+    if not dl.enabled:
+        return recipe.ingest
+    columns = DownloadConfig(
+        enabled=True,
+        url_col=dl.url_col,
+        caption_col=dl.caption_col,
+        hash_col=dl.hash_col,
+        hash_type=dl.hash_type,
+    )
+    return dataclasses.replace(recipe.ingest, download=columns)
 
 
 def _convert(value: Any, tp: Any, where: str) -> Any:

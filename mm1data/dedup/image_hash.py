@@ -61,7 +61,11 @@ def _dhash(gray: Image.Image) -> int:
 
 def hashes_of(img: Image.Image) -> tuple[int, int]:
     """(pHash, dHash) of an opened image; decodes it once (the caller catches decode errors)."""
-    gray = _gray(img)
+    return hashes_of_gray(_gray(img))
+
+
+def hashes_of_gray(gray: Image.Image) -> tuple[int, int]:
+    """(pHash, dHash) of an image already decoded in grayscale ("L")."""
     return _phash(gray), _dhash(gray)
 
 

@@ -23,6 +23,8 @@ READERS: dict[tuple[str, str], Reader] = {
     ("caption", "webdataset"): captions.read_webdataset,
     ("caption", "parquet"): captions.read_table_captions,
     ("caption", "csv"): captions.read_table_captions,
+    ("caption", "tsv"): captions.read_table_captions,
+    ("caption", "jsonl"): captions.read_table_captions,
     ("interleaved", "mmc4"): interleaved.read_mmc4,
     ("interleaved", "obelics"): interleaved.read_obelics,
     ("interleaved", "zim"): interleaved.read_zim,
@@ -33,7 +35,18 @@ READERS: dict[tuple[str, str], Reader] = {
 }
 
 EXTENSIONS: dict[str, dict[str, str]] = {
-    "caption": {".json": "coco", ".tar": "webdataset", ".parquet": "parquet", ".csv": "csv"},
+    "caption": {
+        ".json": "coco",
+        ".tar": "webdataset",
+        ".parquet": "parquet",
+        ".csv": "csv",
+        ".csv.gz": "csv",
+        ".tsv": "tsv",
+        ".tsv.gz": "tsv",
+        ".jsonl": "jsonl",
+        ".jsonl.gz": "jsonl",
+        ".jsonl.zst": "jsonl",
+    },
     "interleaved": {
         ".jsonl": "mmc4",
         ".jsonl.gz": "mmc4",

@@ -73,22 +73,23 @@ def read_bytes(path: str) -> bytes:
 
 
 class TableFile:
-    """A Parquet or CSV file read as a stream of record batches (one row group or CSV block at a
-    time), so a reader's memory does not grow with the file."""
+    """A Parquet, CSV or TSV file (CSV/TSV possibly compressed) read as a stream of record batches
+    (one row group or CSV block at a time), so a reader's memory does not grow with the file."""
 
     def __init__(self, path: str, fmt: str, rows: int) -> None:
         self.path, self.fmt, self.rows = path, fmt, rows
-        with fsspec.open(path, "rb") as f:
+        with open_text(path) as f:
             self.columns = self._reader(f)[0]
 
-    def _reader(self, f) -> tuple[list[str], Iterator[pa.RecordBatch]]:
-        if self.fmt == "csv":  # every column as text: types guessed per block could disagree
+    def _reader(self, f, names: list[str] | None = None) -> tuple[list[str], Iterator[pa.RecordBatch]]:
+        if self.fmt in ("csv", "tsv"):  # every column as text: types guessed per block could disagree
             import pyarrow.csv as pacsv
 
-            names = pacsv.open_csv(f).schema.names
-            f.seek(0)
-            convert = pacsv.ConvertOptions(column_types={n: pa.string() for n in names})
-            return names, iter(pacsv.open_csv(f, convert_options=convert))
+            parse = pacsv.ParseOptions(delimiter="\t" if self.fmt == "tsv" else ",")
+            if names is None:
+                return pacsv.open_csv(f, parse_options=parse).schema.names, iter(())
+            convert = pacsv.ConvertOptions(column_types=dict.fromkeys(names, pa.string()))
+            return names, iter(pacsv.open_csv(f, parse_options=parse, convert_options=convert))
         import pyarrow.parquet as pq
 
         pf = pq.ParquetFile(f)
@@ -96,8 +97,8 @@ class TableFile:
 
     def batches(self) -> Iterator[pa.RecordBatch]:
         """The file's rows in order, at most ``rows`` per batch for Parquet."""
-        with fsspec.open(self.path, "rb") as f:
-            yield from self._reader(f)[1]
+        with open_text(self.path) as f:
+            yield from self._reader(f, self.columns)[1]
 
 
 def open_text(path: str) -> io.BufferedIOBase:
@@ -108,6 +109,11 @@ def open_text(path: str) -> io.BufferedIOBase:
         raw = fsspec.open(path, "rb").open()
         return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True))
     return fsspec.open(path, "rb", compression="infer").open()
+
+
+def fetchable(url: object) -> bool:
+    """Whether ``url`` is an absolute http(s) URL the download phase can fetch."""
+    return isinstance(url, str) and url.strip().lower().startswith(("http://", "https://"))
 
 
 def rejected(
@@ -128,7 +134,8 @@ def reject_info(reason: str, detail: str | None = None, score: float | None = No
 
 @dataclass(frozen=True)
 class ImageInfo:
-    """What ingest records about an image: hash, size, format and its perceptual hashes."""
+    """What ingest records about an image: hash, size, format and its perceptual hashes; with a
+    :class:`Render`, also the rendered JPEG."""
 
     sha256: str
     width: int
@@ -136,6 +143,17 @@ class ImageInfo:
     format: str
     phash: int | None = None
     dhash: int | None = None
+    rendered: bytes | None = None
+
+
+@dataclass(frozen=True)
+class Render:
+    """A square JPEG made from the same decode (``mm1data download --image-size``): the shorter side
+    resized to ``size`` and the center cropped, with img2dataset's filters (area when shrinking,
+    Lanczos when enlarging), encoded at ``quality``."""
+
+    size: int
+    quality: int = 95
 
 
 class BadImage(Exception):
@@ -147,10 +165,14 @@ class BadImage(Exception):
         self.detail = detail
 
 
-def describe_image(data: bytes | None, cfg: IngestConfig) -> ImageInfo:
+def describe_image(data: bytes | None, cfg: IngestConfig, render: Render | None = None) -> ImageInfo:
     """The one decode of an image when it is first read: hash it, measure it, and decode the whole
     stream once (JPEG at a reduced scale, in grayscale) to prove it is whole and to compute its
     perceptual hashes (:mod:`mm1data.dedup.image_hash`), which later phases read as columns.
+
+    With ``render`` the one decode is in color at the scale the render needs: the hashes are
+    computed from it (reduced by the factor the grayscale draft would use, so they match that
+    path's within a few bits) and the rendered JPEG is returned in ``rendered``.
 
     Raises :class:`BadImage` with reason ``image_empty``, ``image_too_large`` (bytes),
     ``decompression_bomb`` (pixels) or ``image_undecodable``.
@@ -161,6 +183,7 @@ def describe_image(data: bytes | None, cfg: IngestConfig) -> ImageInfo:
         raise BadImage("image_empty", "zero-byte image")
     if len(data) > cfg.max_image_bytes:
         raise BadImage("image_too_large", f"{len(data)} bytes > {cfg.max_image_bytes}")
+    rendered = None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -169,7 +192,10 @@ def describe_image(data: bytes | None, cfg: IngestConfig) -> ImageInfo:
                 fmt = (img.format or "unknown").lower()
                 if width * height > cfg.max_image_pixels:
                     raise BadImage("decompression_bomb", f"{width}x{height} pixels > {cfg.max_image_pixels}")
-                phash, dhash = hashes_of(img)  # decodes the whole stream: catches truncated data
+                if render is None:
+                    phash, dhash = hashes_of(img)  # decodes the whole stream: catches truncated data
+                else:
+                    phash, dhash, rendered = _render(img, render)
     except BadImage:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
@@ -177,7 +203,45 @@ def describe_image(data: bytes | None, cfg: IngestConfig) -> ImageInfo:
     except Exception as e:  # Pillow raises many types for corrupt data
         detail = re.sub(r" at 0x[0-9a-fA-F]+", "", str(e))[:200]  # no memory addresses: same bytes every run
         raise BadImage("image_undecodable", f"{type(e).__name__}: {detail}") from e
-    return ImageInfo(hashlib.sha256(data).hexdigest(), width, height, fmt, phash, dhash)
+    return ImageInfo(hashlib.sha256(data).hexdigest(), width, height, fmt, phash, dhash, rendered)
+
+
+def _draft_scale(width: int, height: int, target: tuple[int, int]) -> int:
+    """The DCT scale (8, 4, 2 or 1) Pillow's JPEG draft picks for ``target``."""
+    scale = min(width // target[0], height // target[1])
+    return next(s for s in (8, 4, 2, 1) if scale >= s)
+
+
+def _render(img: Image.Image, render: Render) -> tuple[int, int, bytes]:
+    """(pHash, dHash, square JPEG) of an opened image from one color decode."""
+    from PIL import ImageOps
+
+    from mm1data.dedup.image_hash import GRAY_DRAFT, hashes_of_gray
+
+    size = render.size
+    w0, h0 = img.size
+    if img.format == "JPEG":
+        img.draft("RGB", (size, size))  # the smallest DCT scale still at least size
+    has_alpha = img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info)
+    img.load()  # the decode
+    rgb = img if img.mode == ("RGBA" if has_alpha else "RGB") else img.convert("RGBA" if has_alpha else "RGB")
+    # the hashes from the color decode reduced to the scale the grayscale draft of hashes_of
+    # decodes at (the same values within a bit or two, and a quarter of the work at full size)
+    factor = _draft_scale(w0, h0, GRAY_DRAFT) // max(1, round(w0 / rgb.width))
+    phash, dhash = hashes_of_gray((rgb.reduce(factor) if factor > 1 else rgb).convert("L"))
+    rgb = ImageOps.exif_transpose(rgb) if img.getexif().get(0x0112, 1) != 1 else rgb
+    if has_alpha:
+        flat = Image.new("RGB", rgb.size, (255, 255, 255))
+        flat.paste(rgb, mask=rgb.getchannel("A"))
+        rgb = flat
+    w, h = rgb.size
+    side = min(w, h)
+    box = ((w - side) / 2, (h - side) / 2, (w + side) / 2, (h + side) / 2)
+    resample = Image.Resampling.BOX if side >= size else Image.Resampling.LANCZOS
+    square = rgb.resize((size, size), resample, box=box)
+    out = io.BytesIO()
+    square.save(out, format="JPEG", quality=render.quality)
+    return phash, dhash, out.getvalue()
 
 
 def image_fields(data: bytes, info: ImageInfo) -> dict:

@@ -1,9 +1,12 @@
-"""Caption-pair readers: COCO json + image folder, WebDataset/img2dataset tars, Parquet/CSV.
+"""Caption-pair readers: COCO json + image folder, WebDataset/img2dataset tars, caption tables.
 
 Formats: ``coco`` (captions json, images from ``spec.images`` or the json's sibling folders),
-``webdataset`` (tar of ``<key>.jpg|png|webp`` + ``.txt`` + ``.json``), ``parquet`` / ``csv``
-(an image-bytes column if present, else URL + caption rows that become ``no_image_bytes``
-rejects: mm1data does not download URLs).
+``webdataset`` (tar of ``<key>.jpg|png|webp`` + ``.txt`` + ``.json``), ``parquet`` / ``csv`` /
+``tsv`` / ``jsonl`` caption tables (an image-bytes column if present, else URL + caption rows).
+A URL-only row is a ``no_image_bytes`` reject, unless downloading is on (``cfg.download``): it
+is then a *pending* pair (``image`` null, ``url`` set, ``reject`` null) that the download phase
+(:mod:`mm1data.download`) fills or rejects. A pending pair's ``image_sha256``, when the table has
+a hash column, holds the expected digest as ``"<sha256|md5>:<hex>"``.
 """
 
 from __future__ import annotations
@@ -24,8 +27,11 @@ from mm1data.ingest.base import (
     TableFile,
     Unit,
     batched,
+    decode_utf8,
     describe_image,
+    fetchable,
     image_fields,
+    open_text,
     read_bytes,
     rejected,
 )
@@ -33,8 +39,8 @@ from mm1data.schemas import CAPTION_PAIR
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 IMAGE_COLUMNS = ("image", "jpg", "image_bytes", "bytes", "img")
-URL_COLUMNS = ("url", "URL", "image_url")
-CAPTION_COLUMNS = ("caption", "TEXT", "text", "txt", "alt_text")
+URL_COLUMNS = ("url", "URL", "image_url")  # DataComp, LAION, others
+CAPTION_COLUMNS = ("caption", "TEXT", "text", "txt", "alt_text")  # LAION TEXT, DataComp text
 
 
 def caption_row(
@@ -45,14 +51,21 @@ def caption_row(
     source: str,
     offset: int,
     cfg: IngestConfig,
+    expected: str | None = None,
 ) -> dict:
-    """A CaptionPair row, or an ingest reject row when the image or captions are unusable."""
-    if data is None:
+    """A CaptionPair row, or an ingest reject row when the image or captions are unusable.
+
+    With ``cfg.download`` set, a row with a fetchable ``url`` and no bytes is a pending pair
+    (captions checked now, image left to the download phase); ``expected`` is its digest."""
+    pending = data is None and cfg.download is not None and fetchable(url)
+    if data is None and not pending:
         return rejected(row_id, source, offset, "no_image_bytes", f"url={url}" if url else None)
-    try:
-        info = describe_image(data, cfg)
-    except BadImage as e:
-        return rejected(row_id, source, offset, e.reason, e.detail)
+    info = None
+    if not pending:
+        try:
+            info = describe_image(data, cfg)
+        except BadImage as e:
+            return rejected(row_id, source, offset, e.reason, e.detail)
     good = [c for c in captions if c["text"] and c["text"].strip()]
     if not good:
         return rejected(row_id, source, offset, "no_caption", "no non-empty caption")
@@ -61,9 +74,10 @@ def caption_row(
         n = max(len(c["text"]) for c in too_long)
         return rejected(row_id, source, offset, "caption_too_long", f"{n} chars", float(n))
     good = [c for c in good if len(c["text"]) <= cfg.max_caption_chars]
+    image = image_fields(data, info) if info is not None else {"image_sha256": expected}
     return {
         "id": row_id,
-        **image_fields(data, info),
+        **image,
         "captions": good,
         "url": url,
         "lineage": {"source": source, "offset": offset},
@@ -178,30 +192,104 @@ def _first(columns: list[str], candidates: tuple[str, ...]) -> str | None:
     return next((c for c in candidates if c in columns), None)
 
 
+def table_columns(path: str, fmt: str) -> list[str]:
+    """The column names of a caption table (Parquet schema, CSV/TSV header, first JSON line)."""
+    if fmt != "jsonl":
+        return TableFile(path, fmt, 1).columns
+    with open_text(path) as f:
+        first = f.readline()
+    try:
+        value = json.loads(first)
+    except ValueError:
+        return []
+    return list(value) if isinstance(value, dict) else []
+
+
+def _jsonl_batches(unit: Unit, cfg: IngestConfig, bad: dict[int, str]) -> Iterator[pa.RecordBatch]:
+    """Record batches (string columns) of a JSON-lines caption table; unreadable lines go to
+    ``bad`` as ``{offset: reason}`` and become empty rows, so offsets stay line numbers."""
+    buf: list[dict] = []
+
+    def flush() -> pa.RecordBatch:
+        names = list(dict.fromkeys(k for r in buf for k in r))
+        cols = {n: pa.array([r.get(n) for r in buf], pa.string()) for n in names}
+        return pa.RecordBatch.from_pydict(cols) if cols else pa.RecordBatch.from_pylist([{}] * len(buf))
+
+    with open_text(unit.path) as f:
+        for offset, raw in enumerate(f):
+            obj: dict = {}
+            if not raw.strip():
+                bad[offset] = "empty_line"
+            else:
+                try:
+                    value = json.loads(decode_utf8(raw))
+                    if not isinstance(value, dict):
+                        raise ValueError("not a JSON object")
+                    obj = {k: _text(v) for k, v in value.items() if not isinstance(v, (dict, list))}
+                except UnicodeDecodeError:
+                    bad[offset] = "invalid_utf8"
+                except ValueError:
+                    bad[offset] = "invalid_json"
+            buf.append(obj)
+            if len(buf) >= cfg.rows_per_batch:
+                yield flush()
+                buf = []
+    if buf:
+        yield flush()
+
+
+def _text(value: object) -> str | None:
+    return None if value is None else str(value)
+
+
+def _expected_digest(value: object, hash_type: str) -> str | None:
+    """``"<type>:<hex>"`` for a hash-column value, or None when the value is empty."""
+    if value is None or value == "":
+        return None
+    return f"{hash_type}:{str(value).strip().lower()}"
+
+
 def read_table_captions(unit: Unit, cfg: IngestConfig) -> Iterator[pa.Table]:
-    """Caption pairs from Parquet or CSV: an image-bytes column if present, else URL-only rows."""
-    table = TableFile(unit.path, "csv" if unit.format == "csv" else "parquet", cfg.rows_per_batch)
-    cols = table.columns
-    img_col, url_col, cap_col = (
-        _first(cols, IMAGE_COLUMNS),
-        _first(cols, URL_COLUMNS),
-        _first(cols, CAPTION_COLUMNS),
-    )
+    """Caption pairs from Parquet, CSV, TSV or JSON lines: an image-bytes column if present, else
+    URL-only rows (pending when downloading is on, ``no_image_bytes`` rejects otherwise)."""
+    dl = cfg.download
     stem = PurePosixPath(unit.path).stem
-    id_col = "id" if "id" in cols else ("key" if "key" in cols else None)
+    bad: dict[int, str] = {}
+    if unit.format == "jsonl":
+        batches = _jsonl_batches(unit, cfg, bad)
+    else:
+        batches = TableFile(unit.path, unit.format, cfg.rows_per_batch).batches()
 
     def records() -> Iterator[tuple]:
-        for batch in table.batches():
+        names: tuple | None = None
+        for batch in batches:
+            if names is None or any(n and n not in batch.schema.names for n in names):
+                names = _columns(batch.schema.names, dl)
             data = batch.to_pydict()
-            columns = [data[c] if c else [None] * batch.num_rows for c in (id_col, img_col, cap_col, url_col)]
+            columns = [data.get(c, [None] * batch.num_rows) if c else [None] * batch.num_rows for c in names]
             yield from zip(*columns, strict=True)
 
     def rows() -> Iterator[dict]:
-        for offset, (key, img, text, url) in enumerate(records()):
-            row_id = f"{stem}:{key}" if id_col else f"{stem}:{offset}"
+        for offset, (key, img, text, url, digest) in enumerate(records()):
+            row_id = f"{stem}:{key}" if key is not None else f"{stem}:{offset}"
+            reason = bad.pop(offset, None)
+            if reason is not None:
+                yield rejected(row_id, unit.path, offset, reason)
+                continue
             if isinstance(img, dict):  # HF datasets style {"bytes": ..., "path": ...}
                 img = img.get("bytes")
             captions = [{"text": str(text), "provenance": "alt_text"}] if text else []
-            yield caption_row(row_id, img, captions, url, unit.path, offset, cfg)
+            url = str(url).strip() if url is not None else None
+            expected = _expected_digest(digest, dl.hash_type) if dl is not None else None
+            yield caption_row(row_id, img, captions, url or None, unit.path, offset, cfg, expected)
 
     yield from batched(rows(), CAPTION_PAIR, cfg.rows_per_batch)
+
+
+def _columns(cols: list[str], dl) -> tuple[str | None, ...]:
+    """(id, image, caption, url, hash) column names of a caption table (None when absent)."""
+    id_col = "id" if "id" in cols else ("key" if "key" in cols else None)
+    url_col = dl.url_col if dl is not None and dl.url_col else _first(cols, URL_COLUMNS)
+    cap_col = dl.caption_col if dl is not None and dl.caption_col else _first(cols, CAPTION_COLUMNS)
+    hash_col = dl.hash_col if dl is not None else None
+    return id_col, _first(cols, IMAGE_COLUMNS), cap_col, url_col, hash_col

@@ -2,7 +2,10 @@
 
 All map onto ``InterleavedDoc``: an ordered list of text and image items. An image that cannot
 be had (missing file, corrupt bytes) becomes an item-level reject in ``item_rejects`` and the doc
-is kept if any item is left; a doc with nothing left is rejected ``empty_document``.
+is kept if any item is left; a doc with nothing left is rejected ``empty_document``. With
+downloading on (``cfg.download``), an image given only by an http(s) URL (MMC4 ``raw_url``,
+OBELICS image URLs) is a *pending* item (kind ``image``, ``image`` null, ``url`` set) that the
+download phase (:mod:`mm1data.download`) fills or moves to ``item_rejects``.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from mm1data.ingest.base import (
     batched,
     decode_utf8,
     describe_image,
+    fetchable,
     image_fields,
     open_text,
     read_bytes,
@@ -39,7 +43,10 @@ def text_item(text: str, position: int) -> dict:
 
 
 def image_item(data: bytes | None, url: str | None, position: int, cfg: IngestConfig) -> dict:
-    """An image item, or an item-reject dict (``{"reject": ...}``) when the bytes are unusable."""
+    """An image item, or an item-reject dict (``{"reject": ...}``) when the bytes are unusable;
+    a pending item (no bytes yet) when downloading is on and ``url`` is fetchable."""
+    if data is None and cfg.download is not None and fetchable(url):
+        return {"kind": "image", "url": url.strip(), "position": position}
     if data is None:
         return {"reject": reject_info("image_missing", url)}
     try:

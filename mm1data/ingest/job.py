@@ -15,7 +15,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from mm1data.config import IngestConfig, Recipe, SampleConfig, Sources, to_dict
+from mm1data.config import IngestConfig, Recipe, SampleConfig, Sources, reader_config, to_dict
 from mm1data.errors import UsageError
 from mm1data.ingest import plan, read_unit
 from mm1data.ingest.base import Unit
@@ -79,7 +79,10 @@ def source_signature(units: dict[str, list[Unit]]) -> list:
 
 class IngestPhase(Phase):
     """Read every source into records of the stream schemas (bad records become rejects); with
-    ``sample`` (``mm1data plan``), only a seeded sample of the records goes on."""
+    ``sample`` (``mm1data plan``), only a seeded sample of the records goes on.
+
+    ``synthetic`` False leaves the synthetic captions unjoined (their lines read and checked) for
+    the download phase, which joins them once the URL-only pairs have their images (and sha256)."""
 
     name = "ingest"
 
@@ -89,16 +92,21 @@ class IngestPhase(Phase):
         cfg: IngestConfig,
         units: dict[str, list[Unit]],
         sample: SampleConfig | None = None,
+        synthetic: bool = True,
     ) -> None:
         self.sources, self.cfg, self.units, self.sample = sources, cfg, units, sample
+        self.synthetic = synthetic
         self.outputs = tuple(stream_output(s) for s in units)
 
     def fingerprint(self) -> Any:
         sample = [to_dict(self.sample)] if self.sample else []
-        return [to_dict(self.sources), to_dict(self.cfg), source_signature(self.units), *sample]
+        later = [] if self.synthetic else ["synthetic captions joined later"]
+        return [to_dict(self.sources), to_dict(self.cfg), source_signature(self.units), *sample, *later]
 
     def run(self, data: Data, ctx: Context) -> dict[str, Any]:
         out = {s: read_stream(us, self.cfg, self.sample) for s, us in self.units.items()}
+        if not self.synthetic:
+            return out
         if "synthetic_caption" in out and "caption" in out:
             captions = out["caption"].materialize()
             lines = out["synthetic_caption"].materialize()
@@ -174,8 +182,22 @@ def export_streams(data: Data, output: str, streams: tuple[str, ...] = tuple(STR
         data.kept(s).drop_columns(["reject"]).write_parquet(path, filesystem=fs, min_rows_per_file=100_000)
 
 
+def ingest_phases(recipe: Recipe, units: dict[str, list[Unit]]) -> list[Phase]:
+    """The ingest phase, and the download phase after it when ``recipe.download`` is enabled."""
+
+    if not recipe.download.enabled:
+        return [IngestPhase(recipe.sources, recipe.ingest, units)]
+    from mm1data.download.phase import DownloadPhase
+
+    return [
+        IngestPhase(recipe.sources, reader_config(recipe), units, synthetic=False),
+        DownloadPhase(recipe.download, recipe.ingest, synthetic=True),
+    ]
+
+
 def run_ingest(recipe: Recipe, output: str, quiet: bool = False) -> dict:
-    """Ingest every source of ``recipe`` into ``output``; returns (and writes) the stats."""
+    """Ingest every source of ``recipe`` into ``output`` (fetching URL-only images first when
+    ``recipe.download`` is enabled); returns (and writes) the stats."""
     from mm1data.report import StageLog
     from mm1data.runners.executor import Executor
 
@@ -188,7 +210,7 @@ def run_ingest(recipe: Recipe, output: str, quiet: bool = False) -> dict:
         return stats
 
     executor = Executor(output, recipe.ray.address, recipe.ray.num_cpus, StageLog(quiet=True))
-    return executor.run([IngestPhase(recipe.sources, recipe.ingest, units)], amend=amend).stats
+    return executor.run(ingest_phases(recipe, units), amend=amend).stats
 
 
 __all__ = [
@@ -196,6 +218,7 @@ __all__ = [
     "ReadRecordsPhase",
     "SYNTHETIC_LINE",
     "export_streams",
+    "ingest_phases",
     "plan_streams",
     "run_ingest",
 ]

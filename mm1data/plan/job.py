@@ -57,7 +57,7 @@ def plan_phases(recipe: Recipe) -> list[Phase]:
     phases: list[Phase] = []
     for phase in build_phases(recipe):
         if isinstance(phase, IngestPhase):
-            phase = IngestPhase(phase.sources, phase.cfg, phase.units, sample)
+            phase = IngestPhase(phase.sources, phase.cfg, phase.units, sample, phase.synthetic)
         elif isinstance(phase, PlanPhase):
             phase = SamplePlanPhase(phase.cfg)
         elif isinstance(phase, WritePhase):

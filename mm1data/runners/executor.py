@@ -72,6 +72,7 @@ class Phase:
     name: ClassVar[str] = "phase"
     outputs: tuple[Output, ...] = ()
     checkpoint: ClassVar[bool] = True  # False: recomputed on every run (cheap readers)
+    keep: ClassVar[tuple[str, ...]] = ()  # folders of _work/<phase>/ a rerun keeps (its own resume state)
 
     def fingerprint(self) -> Any:
         """JSON-able config this phase's result depends on (chained to the previous phase's)."""
@@ -426,7 +427,7 @@ class Executor:
             return
         t = time.perf_counter()
         if phase.checkpoint:
-            work.reset(phase.name)
+            work.reset(phase.name, keep=phase.keep)
         datasets = phase.run(data, ctx)
         stored, counted = [], []
         for out in outputs:

@@ -60,6 +60,9 @@ def ray_session(
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    # Ray starts workers at nice 15 (background work); here they are the job, so a local session
+    # runs them at normal priority, like any other tool on a shared machine
+    os.environ.setdefault("RAY_worker_niceness", "0")
     if ray.is_initialized():
         configure_data_context(quiet)
         yield

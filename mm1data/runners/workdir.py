@@ -63,11 +63,18 @@ class WorkDir:
         m = self.marker(stage)
         return m is not None and m.get("fingerprint") == fp
 
-    def reset(self, stage: str) -> None:
-        """Remove a stage's (partial or stale) output and marker."""
+    def reset(self, stage: str, keep: tuple[str, ...] = ()) -> None:
+        """Remove a stage's (partial or stale) output and marker, except the folders named in ``keep``
+        (state a stage resumes from itself, such as the download phase's per-URL results)."""
         path = self._local(stage)
-        if self.fs.exists(path):
+        if not self.fs.exists(path):
+            return
+        if not keep:
             self.fs.rm(path, recursive=True)
+            return
+        for p in self.fs.ls(path, detail=False):
+            if p.rstrip("/").rsplit("/", 1)[-1] not in keep:
+                self.fs.rm(p, recursive=True)
 
     def commit(self, stage: str, fp: str, info: dict | None = None) -> None:
         """Write the stage's marker (whole or not at all): from now on its output counts as complete."""
@@ -136,6 +143,30 @@ def put_whole(fs: Any, path: str, data: bytes) -> None:
     fs.mv(f"{path}.partial", path)
 
 
+def _leaves(typ: pa.DataType, path: str) -> Iterator[tuple[str, pa.DataType]]:
+    if pa.types.is_struct(typ):
+        for f in typ:
+            yield from _leaves(f.type, f"{path}.{f.name}")
+    elif pa.types.is_list(typ) or pa.types.is_large_list(typ):
+        yield from _leaves(typ.value_type, f"{path}.list.element")
+    else:
+        yield path, typ
+
+
+def parquet_options(schema: pa.Schema) -> dict:
+    """``pq.write_table`` options for a checkpoint: binary columns (encoded images, also inside
+    items) stored plain and uncompressed, since JPEG/PNG/WebP bytes neither compress nor repeat
+    (trying costs more than the write and makes reads several times slower); others as default."""
+    leaves = [leaf for f in schema for leaf in _leaves(f.type, f.name)]
+    binary = {p for p, t in leaves if pa.types.is_binary(t) or pa.types.is_large_binary(t)}
+    if not binary:
+        return {}
+    return {
+        "compression": {p: ("none" if p in binary else "snappy") for p, _ in leaves},
+        "use_dictionary": [p for p, _ in leaves if p not in binary],
+    }
+
+
 def write_block(table: pa.Table, url: str, count: Callable[..., pa.Table], args: tuple) -> pa.Table:
     """Ray Data UDF: write one block as ``url/<hash of its bytes>.parquet`` (nothing for an empty
     block) and return ``count(block, *args)``. The name comes from the content, so a task Ray
@@ -145,7 +176,7 @@ def write_block(table: pa.Table, url: str, count: Callable[..., pa.Table], args:
 
     if table.num_rows:
         buf = pa.BufferOutputStream()
-        pq.write_table(table, buf)
+        pq.write_table(table, buf, **parquet_options(table.schema))
         data = buf.getvalue().to_pybytes()
         name = hashlib.blake2b(data, digest_size=16).hexdigest()
         fs, path = fsspec_fs(f"{url}/{name}.parquet")
