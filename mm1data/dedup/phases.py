@@ -341,10 +341,10 @@ def member_info(parts: dict[str, pa.Table]) -> pa.Table:
     labels, members, ends = parts["labels"], parts["members"], parts["ends"]
     if labels.num_rows == 0:
         return MEMBER_INFO.empty_table()
-    members = members.group_by("member").aggregate(
+    members = members.group_by("member", use_threads=False).aggregate(
         [("name", "min"), ("rank", "min"), ("check", "min"), ("doc", "min")]
     )
-    best = ends.group_by("member").aggregate([("sim", "max")])
+    best = ends.group_by("member", use_threads=False).aggregate([("sim", "max")])
     li, mi = join_indices(labels.column("member"), members.column("member"))
     lb, bi = join_indices(labels.column("member").take(pa.array(li)), best.column("member"))
     li, mi = li[lb], mi[lb]
@@ -515,7 +515,11 @@ def _decontaminated(table: pa.Table) -> pa.Table:
 
 def _reason_counts(table: pa.Table, prefix: str) -> pa.Table:
     """(prefix/reason, n) counts of a REMOVAL batch."""
-    c = pa.table({"key": table.column("reason")}).group_by("key").aggregate([("key", "count")])
+    c = (
+        pa.table({"key": table.column("reason")})
+        .group_by("key", use_threads=False)
+        .aggregate([("key", "count")])
+    )
     keys = [f"{prefix}/{k}" for k in c.column("key").to_pylist()]
     return pa.table({"key": pa.array(keys, pa.string()), "n": c.column("key_count").cast(pa.int64())})
 

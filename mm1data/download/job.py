@@ -111,7 +111,7 @@ def rows_per_source(table: pa.Table) -> pa.Table:
     sources = pc.struct_field(table.column("lineage"), "source")
     t = (
         pa.table({"key": sources, "n": np.ones(table.num_rows, np.int64)})
-        .group_by("key")
+        .group_by("key", use_threads=False)
         .aggregate([("n", "sum")])
     )
     return pa.table({"key": t.column("key"), "n": t.column("n_sum")})

@@ -414,7 +414,7 @@ def fill_docs(parts: dict[str, pa.Table]) -> pa.Table:
     at = np.flatnonzero(pending)
     left = pa.table({"r": rows[parent[at]], "i": pa.array(index[at], pa.int32()), "li": at})
     right = pa.table({"r": fills.column("_row"), "i": fills.column("item"), "ri": np.arange(fills.num_rows)})
-    joined = left.join(right, ["r", "i"], join_type="inner")
+    joined = left.join(right, ["r", "i"], join_type="inner", use_threads=False)
     match = np.full(len(flat), -1, np.int64)
     match[joined.column("li").to_numpy()] = joined.column("ri").to_numpy()
     have = match >= 0
@@ -473,7 +473,7 @@ def host_key(urls: pa.Table) -> pa.Table:
 def _counts(
     prefix: str, keys: pa.Array | pa.ChunkedArray, values: pa.Array | np.ndarray
 ) -> tuple[list, list]:
-    t = pa.table({"key": keys, "v": values}).group_by("key").aggregate([("v", "sum")])
+    t = pa.table({"key": keys, "v": values}).group_by("key", use_threads=False).aggregate([("v", "sum")])
     return [f"{prefix}{k}" for k in t.column("key").to_pylist()], t.column("v_sum").to_pylist()
 
 
@@ -509,7 +509,7 @@ def url_stats(parts: dict[str, pa.Table], top: int) -> pa.Table:
         ns += v
     hosts = hosts_of(t.column("url"))
     per = pa.table({"host": hosts, "one": np.ones(t.num_rows, np.int64), "ok": ok.astype(np.int64)})
-    per = per.group_by("host").aggregate([("one", "sum"), ("ok", "sum")])
+    per = per.group_by("host", use_threads=False).aggregate([("one", "sum"), ("ok", "sum")])
     per = per.sort_by([("one_sum", "descending"), ("host", "ascending")]).slice(0, top)
     for host, n, good in zip(
         *(per.column(c).to_pylist() for c in ("host", "one_sum", "ok_sum")), strict=True

@@ -92,11 +92,16 @@ def count_partners(parts: dict[str, pa.Table], max_repeats: int) -> pa.Table:
     t = parts["p"]
     if t.num_rows == 0:
         return HITS.empty_table()
-    distinct = t.group_by(["key", "partner"]).aggregate([]).group_by("key").aggregate([("partner", "count")])
+    distinct = (
+        t.group_by(["key", "partner"], use_threads=False)
+        .aggregate([])
+        .group_by("key", use_threads=False)
+        .aggregate([("partner", "count")])
+    )
     over = distinct.filter(pc.greater(distinct.column("partner_count"), max_repeats))
     if over.num_rows == 0:
         return HITS.empty_table()
-    hits = t.join(over, "key", join_type="inner")
+    hits = t.join(over, "key", join_type="inner", use_threads=False)
     return pa.table(
         [hits.column("row"), hits.column("key"), hits.column("partner_count").cast(pa.int64())], schema=HITS
     )

@@ -152,7 +152,11 @@ def plan_sums(table: pa.Table, target: dict[str, float], unit: str) -> pa.Table:
 
 
 def _stream_counts(table: pa.Table) -> pa.Table:
-    c = pa.table({"key": table.column("stream")}).group_by("key").aggregate([("key", "count")])
+    c = (
+        pa.table({"key": table.column("stream")})
+        .group_by("key", use_threads=False)
+        .aggregate([("key", "count")])
+    )
     return pa.table({"key": c.column("key"), "n": c.column("key_count").cast(pa.int64())})
 
 

@@ -50,7 +50,7 @@ def _counts(keys: list[str], values: list[int]) -> pa.Table:
 
 def _group_sum(table: pa.Table, by: list[str], values: list[str]) -> pa.Table:
     aggs = [(v, "sum") for v in values] if values else [(by[0], "count")]
-    return table.group_by(by).aggregate(aggs)
+    return table.group_by(by, use_threads=False).aggregate(aggs)
 
 
 def funnel_counts(table: pa.Table, stream: str, phase: str) -> pa.Table:

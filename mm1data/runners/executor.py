@@ -188,7 +188,7 @@ def _reject_counts(streams, stages, reasons) -> tuple[list[str], list[int]]:
     if len(stages) == 0:
         return [], []
     keys = pc.binary_join_element_wise(streams, stages, reasons, "/")
-    c = pa.table({"key": keys}).group_by("key").aggregate([("key", "count")])
+    c = pa.table({"key": keys}).group_by("key", use_threads=False).aggregate([("key", "count")])
     return c.column("key").to_pylist(), c.column("key_count").to_pylist()
 
 

@@ -88,7 +88,7 @@ def join_indices(
     """Row indices (left, right) of the inner equi-join of two key arrays, sorted by (left, right)."""
     lt = pa.table({"k": left, "li": pa.array(np.arange(len(left), dtype=np.int64))})
     rt = pa.table({"k": right, "ri": pa.array(np.arange(len(right), dtype=np.int64))})
-    j = lt.join(rt, "k", join_type="inner")
+    j = lt.join(rt, "k", join_type="inner", use_threads=False)
     li, ri = j.column("li").to_numpy(), j.column("ri").to_numpy()
     order = np.lexsort((ri, li))
     return li[order], ri[order]
