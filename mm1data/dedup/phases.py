@@ -653,7 +653,7 @@ class DedupPhase(Phase):
                     "removals": removals,
                 },
                 {"records": "_m", "removals": "target"},
-                partitions_for(data.rows(s), ROWS_PER_PARTITION),
+                partitions_for(data.rows(s), ROWS_PER_PARTITION, data.nbytes(s)),
                 apply_partition,
                 (s,),
                 {"records": STREAM_SCHEMAS[s].append(pa.field("_m", pa.int64())), "removals": REMOVAL},

@@ -139,7 +139,7 @@ class CorpusPhase(Stage):
         return cogroup(
             {"records": records, "hits": hits},
             {"records": "_row", "hits": "row"},
-            partitions_for(rows, ROWS_PER_PARTITION),
+            partitions_for(rows, ROWS_PER_PARTITION, ds.size_bytes()),  # ds is materialized
             apply_hits,
             (self.verdict,),
             {"records": schema.append(pa.field("_row", pa.int64())), "hits": HITS},

@@ -210,7 +210,8 @@ def unmatched_lines(lines: pa.Table) -> pa.Table:
 
 def join_synthetic(captions, lines, pair_rows: int, line_rows: int) -> tuple:
     """(caption pairs with synthetic captions attached, the synthetic lines with their verdicts),
-    as Ray datasets, joined on workers. ``pair_rows``/``line_rows`` size the partitions."""
+    as Ray datasets, joined on workers. ``pair_rows``/``line_rows`` and the bytes of the
+    (materialized) ``captions`` size the partitions."""
     from mm1data.schemas import CAPTION_PAIR
 
     keys = captions.map_batches(pair_keys, batch_format="pyarrow")
@@ -223,7 +224,7 @@ def join_synthetic(captions, lines, pair_rows: int, line_rows: int) -> tuple:
         match_lines,
         schemas={"keys": PAIR_KEY, "lines": SYNTHETIC_LINE.append(pa.field("k", pa.int64()))},
     ).materialize()
-    p2 = partitions_for(pair_rows, ROWS_PER_PARTITION)
+    p2 = partitions_for(pair_rows, ROWS_PER_PARTITION, captions.size_bytes())
     pairs = cogroup(
         {
             "pairs": captions.map_batches(_pairs_with_row, batch_format="pyarrow"),

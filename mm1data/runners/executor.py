@@ -119,6 +119,7 @@ class Stored:
     items: dict[str, int] = field(default_factory=dict)  # item rejects of its kept docs, likewise
     work: WorkDir | None = None  # where the checkpoint is; None: held in memory (checkpoint=False)
     dataset: Any = None
+    nbytes: int = 0  # Arrow bytes of the kept rows: partitions of payload are sized by it too
 
     def read(self, columns: list[str] | None = None):
         """The stored rows (only ``columns``, if given) as a lazy Ray dataset."""
@@ -134,7 +135,7 @@ class Stored:
 
     def counts(self) -> dict:
         """The counts as kept in the phase's marker."""
-        return {"kept": self.kept, "rejected": self.rejected, "items": self.items}
+        return {"kept": self.kept, "rejected": self.rejected, "items": self.items, "bytes": self.nbytes}
 
 
 class Data:
@@ -156,6 +157,10 @@ class Data:
     def rows(self, name: str) -> int:
         """Kept rows of output ``name``."""
         return self.outputs[name].kept
+
+    def nbytes(self, name: str) -> int:
+        """Arrow bytes of the kept rows of output ``name`` (0 when not counted)."""
+        return self.outputs[name].nbytes
 
     def kept(self, name: str, columns: list[str] | None = None):
         """The rows of output ``name`` whose ``reject`` is null (all rows of a plain output)."""
@@ -196,13 +201,15 @@ def _outcome_counts(table: pa.Table, name: str, stream: str | None, rejects: boo
     """Counts of one output's batch, keys prefixed ``name|``: ``rows``; with a ``reject`` column
     also ``kept``, ``stream/stage/reason`` of rejected rows and ``items:<stream>_item/stage/reason``
     of the item rejects of kept docs."""
-    keys, ns = [f"{name}|rows"], [table.num_rows]
+    keys, ns = [f"{name}|rows", f"{name}|bytes"], [table.num_rows, table.nbytes]
     if rejects and table.num_rows:
         rej = table.column("reject")
         live = pc.is_null(rej)
         n_live = int(pc.sum(live.cast(pa.int64())).as_py() or 0)
         keys.append(f"{name}|kept")
         ns.append(n_live)
+        if n_live < table.num_rows:  # the bytes of the kept rows only
+            ns[1] = table.filter(live).nbytes
         if n_live < table.num_rows:
             dead = pc.invert(live)
             r = rej.filter(dead)
@@ -224,6 +231,7 @@ def _fill_counts(stored: list[Stored], counts: dict[str, int]) -> None:
     for st in stored:
         mine = {k.split("|", 1)[1]: v for k, v in counts.items() if k.split("|", 1)[0] == st.output.name}
         rows = mine.pop("rows", 0)
+        st.nbytes = mine.pop("bytes", 0)
         st.kept = mine.pop("kept", 0) if st.output.rejects is not None else rows
         st.items = {k[len("items:") :]: v for k, v in mine.items() if k.startswith("items:")}
         st.rejected = {k: v for k, v in mine.items() if not k.startswith("items:")}
@@ -422,7 +430,11 @@ class Executor:
             ctx.info[phase.name] = marker.get("info", {})
             for out in outputs:
                 c = marker["outputs"][out.name]
-                data.add(Stored(phase.name, out, c["kept"], c["rejected"], c["items"], work))
+                data.add(
+                    Stored(
+                        phase.name, out, c["kept"], c["rejected"], c["items"], work, nbytes=c.get("bytes", 0)
+                    )
+                )
             self.log.resumed(phase.name, {o.name: data.rows(o.name) for o in outputs})
             return
         t = time.perf_counter()

@@ -77,9 +77,21 @@ ROWS_PER_TASK = 100_000
 so a task's memory stays the same whatever the size of the data (benchmarks/growth.py)."""
 
 
-def partitions_for(rows: int, rows_per_partition: int = ROWS_PER_TASK) -> int:
-    """How many partitions ``rows`` need at ``rows_per_partition`` each (at least one)."""
-    return max(1, math.ceil(rows / max(1, rows_per_partition)))
+BYTES_PER_TASK = 256 * 1024**2
+"""About how many bytes of rows one task of a co-partitioned step holds, when the rows carry
+payload (records with image bytes): 100k rows of 50 KB images would be 5 GB in one task."""
+
+
+def partitions_for(
+    rows: int,
+    rows_per_partition: int = ROWS_PER_TASK,
+    nbytes: int = 0,
+    bytes_per_partition: int | None = None,
+) -> int:
+    """How many partitions ``rows`` (of ``nbytes`` in all, when known) need at ``rows_per_partition``
+    and ``bytes_per_partition`` (default :data:`BYTES_PER_TASK`) each (at least one)."""
+    per_bytes = max(1, bytes_per_partition or BYTES_PER_TASK)
+    return max(1, math.ceil(rows / max(1, rows_per_partition)), math.ceil(nbytes / per_bytes))
 
 
 def join_indices(

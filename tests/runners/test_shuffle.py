@@ -5,7 +5,7 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from mm1data.runners.shuffle import cogroup, cogroup_local, hash64, shuffle_files
+from mm1data.runners.shuffle import cogroup, cogroup_local, hash64, partitions_for, shuffle_files
 
 
 def _tables() -> dict[str, pa.Table]:
@@ -44,3 +44,10 @@ def test_file_shuffle_gives_every_partition_its_rows_whatever_the_blocks(ray_loc
         assert not (tmp_path / "shuffle").exists()  # emptied when the run ends
     assert sum(expected.column("left").to_pylist()) == 700
     assert sum(expected.column("right").to_pylist()) == 300
+
+
+def test_partitions_grow_with_rows_and_with_bytes():
+    assert partitions_for(0) == 1
+    assert partitions_for(250, 100) == 3
+    assert partitions_for(10, 100, nbytes=1000, bytes_per_partition=300) == 4  # payload decides
+    assert partitions_for(10, 100, nbytes=5 * 2**30) == 20  # 5 GiB of images: 256 MiB per task
