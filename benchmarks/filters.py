@@ -73,15 +73,10 @@ def run_mm1data(docs: list[tuple[str, str]], batch: int = 512) -> tuple[float, s
     return time.perf_counter() - t0, kept
 
 
-def run_datatrove(docs: list[tuple[str, str]]) -> tuple[float, set[str]]:
+def bundled_language_filter():
+    """datatrove's LanguageFilter (English, 0.65) on the bundled lid.176 model, offline."""
     import fasttext
-    from datatrove.data import Document
-    from datatrove.pipeline.filters import (
-        C4QualityFilter,
-        GopherQualityFilter,
-        GopherRepetitionFilter,
-        LanguageFilter,
-    )
+    from datatrove.pipeline.filters import LanguageFilter
 
     from mm1data.filters.language import lid_model_path
 
@@ -103,6 +98,14 @@ def run_datatrove(docs: list[tuple[str, str]]) -> tuple[float, set[str]]:
             return labels, np.asarray(probs)
 
     lid.model._model = NumpyScores()
+    return lid
+
+
+def run_datatrove(docs: list[tuple[str, str]]) -> tuple[float, set[str]]:
+    from datatrove.data import Document
+    from datatrove.pipeline.filters import C4QualityFilter, GopherQualityFilter, GopherRepetitionFilter
+
+    lid = bundled_language_filter()
     steps = [lid, GopherRepetitionFilter(), GopherQualityFilter(), C4QualityFilter()]
     # warm spaCy's tokenizer outside the timed run, as mm1data's model load is outside it
     list(steps[2].run(iter([Document(text="Warm up the tokenizer. " * 60, id="w")])))

@@ -541,10 +541,11 @@ def peers(data: Path, out: Path) -> dict[str, float]:
     out_ = {"img2dataset-style resize+tar": time.perf_counter() - t}
     try:
         from datatrove.data import Document
-        from datatrove.pipeline.filters import C4QualityFilter, GopherQualityFilter, LanguageFilter
+        from datatrove.pipeline.filters import C4QualityFilter, GopherQualityFilter
+        from filters import bundled_language_filter
 
         filters = [
-            LanguageFilter(),
+            bundled_language_filter(),
             GopherQualityFilter(min_doc_words=2),
             C4QualityFilter(min_num_sentences=-1),
         ]
