@@ -167,6 +167,10 @@ def parquet_options(schema: pa.Schema) -> dict:
     }
 
 
+ROW_GROUP_BYTES = 32 * 1024**2
+"""Arrow bytes per row group of a checkpoint file: later phases read a file a row group at a time."""
+
+
 def write_block(table: pa.Table, url: str, count: Callable[..., pa.Table], args: tuple) -> pa.Table:
     """Ray Data UDF: write one block as ``url/<hash of its bytes>.parquet`` (nothing for an empty
     block) and return ``count(block, *args)``. The name comes from the content, so a task Ray
@@ -176,7 +180,8 @@ def write_block(table: pa.Table, url: str, count: Callable[..., pa.Table], args:
 
     if table.num_rows:
         buf = pa.BufferOutputStream()
-        pq.write_table(table, buf, **parquet_options(table.schema))
+        per_group = max(1, table.num_rows * ROW_GROUP_BYTES // max(1, table.nbytes))
+        pq.write_table(table, buf, row_group_size=per_group, **parquet_options(table.schema))
         data = buf.getvalue().to_pybytes()
         name = hashlib.blake2b(data, digest_size=16).hexdigest()
         fs, path = fsspec_fs(f"{url}/{name}.parquet")
@@ -185,10 +190,13 @@ def write_block(table: pa.Table, url: str, count: Callable[..., pa.Table], args:
 
 
 def read_files(batch: pa.Table, columns: list[str] | None) -> Iterator[pa.Table]:
-    """Ray Data UDF: the rows of the Parquet files named in ``batch`` (only ``columns``, if given)."""
+    """Ray Data UDF: the rows of the Parquet files named in ``batch`` (only ``columns``, if given),
+    a row group (about :data:`ROW_GROUP_BYTES`) at a time, so a reader holds one row group."""
     import pyarrow.parquet as pq
 
     for url in batch.column("path").to_pylist():
         fs, path = fsspec_fs(url)
         with fs.open(path, "rb") as f:
-            yield pq.read_table(f, columns=columns)
+            pf = pq.ParquetFile(f)
+            for i in range(pf.num_row_groups):
+                yield pf.read_row_group(i, columns=columns)
