@@ -353,16 +353,11 @@ def run_download(
         reasons: dict[str, int] = {}
         for key, n in s["rejected_by_reason"].items():
             reasons[key] = reasons.get(key, 0) + n
-        written = data.kept("written").take_all() if data.rows("written") else []
         stats.update(
             read=s["read"],
             kept=s["kept"],
             rejected=s["rejected"],
             rejected_by_reason=dict(sorted(reasons.items())),
-            shards=[
-                {k: r[k] for k in ("shard", "rows", "kept", "tar_sha256")}
-                for r in sorted(written, key=lambda r: r["shard"])
-            ],
             config=to_dict(cfg),
             image_size=image_size,
             ray_start_s=stats["timings_s"].get("ray_start"),
