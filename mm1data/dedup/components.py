@@ -127,16 +127,21 @@ def _segment_min(u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.minimum(u, mins[seg]), seg
 
 
+def _neighbourhood_min(edges: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The (u, v) edge rows sorted by (u, v), and per row the smallest of u and its neighbours."""
+    u, v = edges.column("u").to_numpy(), edges.column("v").to_numpy()
+    order = np.lexsort((v, u))
+    u, v = u[order], v[order]
+    return u, v, _segment_min(u, v)[0]
+
+
 def large_star(parts: dict[str, pa.Table]) -> pa.Table:
     """cogroup fn (keyed by u, both directions of every edge): each node links its larger
     neighbours to the smallest node of its neighbourhood."""
     t = parts["e"]
     if t.num_rows == 0:
         return EDGE.empty_table()
-    u, v = t.column("u").to_numpy(), t.column("v").to_numpy()
-    order = np.lexsort((v, u))
-    u, v = u[order], v[order]
-    m, _ = _segment_min(u, v)
+    u, v, m = _neighbourhood_min(t)
     keep = v > u
     return _unique_edges(m[keep], v[keep])
 
@@ -147,10 +152,7 @@ def small_star(parts: dict[str, pa.Table]) -> pa.Table:
     t = parts["e"]
     if t.num_rows == 0:
         return EDGE.empty_table()
-    u, v = t.column("u").to_numpy(), t.column("v").to_numpy()
-    order = np.lexsort((v, u))
-    u, v = u[order], v[order]
-    m, _ = _segment_min(u, v)
+    u, v, m = _neighbourhood_min(t)
     starts = np.flatnonzero(np.r_[True, u[1:] != u[:-1]])
     a = np.concatenate([m, m[starts]])
     b = np.concatenate([v, u[starts]])
@@ -172,10 +174,7 @@ def star_labels(parts: dict[str, pa.Table]) -> pa.Table:
     t = parts["e"]
     if t.num_rows == 0:
         return LABEL.empty_table()
-    u, v = t.column("u").to_numpy(), t.column("v").to_numpy()
-    order = np.lexsort((v, u))
-    u, v = u[order], v[order]
-    m, _ = _segment_min(u, v)
+    u, v, m = _neighbourhood_min(t)
     starts = np.flatnonzero(np.r_[True, u[1:] != u[:-1]])
     return pa.table([u[starts], m[starts]], schema=LABEL)
 
