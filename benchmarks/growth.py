@@ -456,7 +456,7 @@ def child_global(n: int, out: Path) -> dict:
             epochs={"caption": 1.0, "interleaved": 1.0, "text": 1.0},
             partitions=max(1, n // 10_000),
         )
-        rows = sorted_rows(shards, ["shard_part", "shard_index"], max(1, n // 100))
+        rows = sorted_rows(shards, max(1, n // 100), header.partitions)
         with open(out / "manifest.json", "w") as f:
             write_manifest(f, header, entries(rows, target))
         timings["manifest"] = time.perf_counter() - t

@@ -2,8 +2,9 @@
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
-from mm1data.runners.pipeline import batch_counts, kept_rows, to_rejects
+from mm1data.runners.executor import _outcome_counts, to_rejects
 from mm1data.schemas import REJECT, TEXT_DOC
 from mm1data.stages import Decision, Filter, live_mask, reject_rows
 
@@ -47,9 +48,10 @@ def test_rejected_rows_are_not_seen_again_and_keep_their_first_reason():
 
 def test_split_accounts_for_every_row():
     out = ShortText()(_docs(["hello", "hi", "no", "world"]))
-    kept, rejects = kept_rows(out), to_rejects(out, "text")
+    kept, rejects = out.filter(pc.is_null(out["reject"])), to_rejects(out, "text")
     assert kept.num_rows + rejects.num_rows == 4
     assert rejects.schema == REJECT
     assert sorted(rejects.column("id").to_pylist()) == ["d1", "d2"]
-    counts = {(r["stage"], r["reason"]): r["n"] for r in batch_counts(out, "text").to_pylist()}
-    assert counts == {("", ""): 2, ("short", "too_short"): 2}
+    counts = dict(zip(*_outcome_counts(out, "text", "text", True).to_pydict().values(), strict=True))
+    assert counts.pop("text|bytes") == kept.nbytes  # bytes of the kept rows: payload partitions
+    assert counts == {"text|rows": 4, "text|kept": 2, "text|text/short/too_short": 2}

@@ -12,6 +12,11 @@ from mm1data.errors import UsageError
 
 OBJECT_STORE_BYTES = 2 * 1024**3
 
+BLOCK_BYTES = 32 * 1024**2
+"""Largest block a Ray Data task builds (Ray's default is 128 MiB). A fused map holds a block at
+each of its steps, so this bounds a worker's memory; 32 MiB keeps it flat from 10k records up
+(benchmarks/growth.py, tier A)."""
+
 
 def configure_data_context(quiet: bool = True) -> None:
     """Set Ray Data options we rely on: ordered output and, when ``quiet``, no progress bars."""
@@ -20,6 +25,7 @@ def configure_data_context(quiet: bool = True) -> None:
 
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True
+    ctx.target_max_block_size = BLOCK_BYTES
     # for Dataset.sort (the manifest's shard order; cogroup shuffles through files): task-based,
     # each reduce task holds one partition (hash-shuffle aggregator actors hold every partition
     # assigned to them until the end, so their memory grows with the data)

@@ -77,9 +77,10 @@ ROWS_PER_TASK = 100_000
 so a task's memory stays the same whatever the size of the data (benchmarks/growth.py)."""
 
 
-BYTES_PER_TASK = 256 * 1024**2
+BYTES_PER_TASK = 64 * 1024**2
 """About how many bytes of rows one task of a co-partitioned step holds, when the rows carry
-payload (records with image bytes): 100k rows of 50 KB images would be 5 GB in one task."""
+payload (records with image bytes): 100k rows of 50 KB images would be 5 GB in one task. A task
+holds its partition, its function's output and the output's blocks (a few times this)."""
 
 
 def partitions_for(

@@ -132,11 +132,11 @@ class WorkDir:
         return self._read_json(self._local("shards", f"{name}.json"))
 
 
-def put_whole(fs: Any, path: str, data: bytes) -> None:
+def put_whole(fs: Any, path: str, data: bytes | memoryview) -> None:
     """Write ``data`` at ``path`` so that it appears whole or not at all: written beside and
     renamed on a local disk, one PUT on an object store."""
     if "file" not in (fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)):
-        fs.pipe_file(path, data)
+        fs.pipe_file(path, bytes(data))
         return
     fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
     fs.pipe_file(f"{path}.partial", data)
@@ -167,7 +167,7 @@ def parquet_options(schema: pa.Schema) -> dict:
     }
 
 
-ROW_GROUP_BYTES = 32 * 1024**2
+ROW_GROUP_BYTES = 16 * 1024**2
 """Arrow bytes per row group of a checkpoint file: later phases read a file a row group at a time."""
 
 
@@ -182,7 +182,7 @@ def write_block(table: pa.Table, url: str, count: Callable[..., pa.Table], args:
         buf = pa.BufferOutputStream()
         per_group = max(1, table.num_rows * ROW_GROUP_BYTES // max(1, table.nbytes))
         pq.write_table(table, buf, row_group_size=per_group, **parquet_options(table.schema))
-        data = buf.getvalue().to_pybytes()
+        data = memoryview(buf.getvalue())  # no copy of the file's bytes
         name = hashlib.blake2b(data, digest_size=16).hexdigest()
         fs, path = fsspec_fs(f"{url}/{name}.parquet")
         put_whole(fs, path, data)

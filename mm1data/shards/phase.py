@@ -152,22 +152,47 @@ def write_shards(
 
 
 LOCAL_SORT_ROWS = 10_000
-"""Up to this many shard rows, the manifest's order comes from one sort in the driver."""
+"""Up to this many shard rows, the manifest's order comes from one sort in the driver; past it,
+each of ``rows / LOCAL_SORT_ROWS`` range partitions is sorted in its own task."""
 
 
-def sorted_rows(ds, keys: list[str], rows: int) -> Iterator[dict]:
-    """The rows of a dataset of small rows in ``keys`` order, streamed: Ray's distributed sort, or
-    one local sort when there are few (``rows``, as counted)."""
+ROWS_AT_ONCE = 512
+"""Shard rows the driver holds as Python dicts at a time while writing the manifest."""
+
+
+def sorted_rows(ds, rows: int, parts: int) -> Iterator[dict]:
+    """The shard rows of ``ds`` (``rows`` of them, as counted; ``shard_part`` in ``[0, parts)``) in
+    (``shard_part``, ``shard_index``) order, streamed. Many rows are cut into contiguous ranges of
+    plan partitions by a cogroup, each range sorted in its own task and read back in range order,
+    so the driver holds one batch at a time."""
     import ray
 
     if rows <= LOCAL_SORT_ROWS:
         tables = [t for t in ray.get(ds.to_arrow_refs()) if t.num_rows]
         if tables:
-            table = pa.concat_tables(tables)
-            yield from table.take(pc.sort_indices(table, [(k, "ascending") for k in keys])).to_pylist()
+            for batch in _sorted(pa.concat_tables(tables)).to_batches(ROWS_AT_ONCE):
+                yield from batch.to_pylist()
         return
-    for batch in ds.sort(keys).iter_batches(batch_format="pyarrow", batch_size=4096):
+    ranges = min(max(1, parts), partitions_for(rows, LOCAL_SORT_ROWS))
+    keyed = ds.map_batches(_with_range, fn_args=(ranges, parts), batch_format="pyarrow")
+    for batch in cogroup({"s": keyed}, {"s": "_range"}, ranges, _sorted_range).iter_batches(
+        batch_format="pyarrow", batch_size=ROWS_AT_ONCE
+    ):
         yield from batch.to_pylist()
+
+
+def _sorted(table: pa.Table) -> pa.Table:
+    return table.take(pc.sort_indices(table, [(k, "ascending") for k in ORDER]))
+
+
+def _with_range(table: pa.Table, ranges: int, parts: int) -> pa.Table:
+    """``table`` with ``_range``: the contiguous range of plan partitions its ``shard_part`` is in."""
+    part = table.column("shard_part").to_numpy().astype(np.int64)
+    return table.append_column("_range", pa.array(np.minimum(part * ranges // max(1, parts), ranges - 1)))
+
+
+def _sorted_range(parts: dict[str, pa.Table]) -> pa.Table:
+    return _sorted(parts["s"].drop_columns(["_range"]))
 
 
 def manifest_header(cfg: BuildConfig, tok: TextTokenizer, summary: dict, partitions: int) -> Header:
@@ -243,10 +268,11 @@ class WritePhase(Phase):
         ).materialize()
         resumed = sum_counts(shards.map_batches(_resumed_counts, batch_format="pyarrow"))
         summary = plan_summary(sums, cfg)
-        header = manifest_header(cfg, self.tok, summary, info.get("partitions", 1))
+        n_parts = info.get("partitions", 1)
+        header = manifest_header(cfg, self.tok, summary, n_parts)
         totals = TotalsBuilder(cfg.seq_len)
         target = parse_mix(cfg.mix)
-        for i, e in enumerate(entries(sorted_rows(shards, ORDER, resumed.get("shards", 0)), target)):
+        for i, e in enumerate(entries(sorted_rows(shards, resumed.get("shards", 0), n_parts), target)):
             totals.add(e, f"shards[{i}]")
         _drop_stale_shards(ctx.root, shards)
         ctx.info["write"] = {
@@ -261,7 +287,7 @@ class WritePhase(Phase):
         """The ``.nv-meta`` files Energon reads, then ``manifest.json``: the last file of a build."""
         info = ctx.info["write"]
         header = Header.from_json(info["header"])
-        rows = sorted_rows(data.kept("shards"), ORDER, info["totals"]["shards"])
+        rows = sorted_rows(data.kept("shards"), info["totals"]["shards"], header.partitions)
         finish_dataset(ctx.root, header, entries(rows, header.mix.target), info["totals"]["attainable_fill"])
 
 

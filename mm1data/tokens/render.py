@@ -2,7 +2,7 @@
 
 An example is what the packer places: ``tokens`` (int32), ``loss_mask`` (uint8), and for each of
 its images the offset of its slot (first ``<image>`` token) and the image re-encoded once, as a
-JPEG of ``image_size``² (shorter side resized, then center-cropped). An image slot is
+JPEG of ``image_size``² (the centered square of the shorter side, resized). An image slot is
 ``[<image_start>] <image> × image_tokens [<image_end>]``; ``loss_mask`` is 1 on text tokens that
 are prediction targets: every text token but the first of an example (nothing precedes it),
 never a slot, marker or padding.
@@ -29,7 +29,7 @@ from functools import lru_cache
 
 import numpy as np
 import pyarrow as pa
-from PIL import Image, ImageOps
+from PIL import Image
 
 from mm1data.config import BuildConfig
 from mm1data.runners.shuffle import hash64
@@ -75,26 +75,13 @@ class ImageError(ValueError):
 
 
 def square_jpeg(data: bytes, size: int, quality: int) -> bytes:
-    """``data`` as an RGB JPEG of ``size``²: EXIF-rotated, shorter side resized (bicubic), center-cropped."""
+    """``data`` as an RGB JPEG of ``size``²: the render of :func:`mm1data.ingest.base.square_jpeg_of`
+    (EXIF-rotated, centered square of the shorter side, area or Lanczos resize)."""
+    from mm1data.ingest.base import decode_at, square_jpeg_of
+
     try:
         with Image.open(io.BytesIO(data)) as im:
-            im.draft("RGB", (size, size))  # JPEG: decode at a reduced scale still >= size (exact, fast)
-            im = ImageOps.exif_transpose(im)
-            if im.mode in ("RGBA", "LA", "P", "PA"):
-                rgba = im.convert("RGBA")
-                im = Image.new("RGB", rgba.size, (255, 255, 255))
-                im.paste(rgba, mask=rgba.getchannel("A"))
-            else:
-                im = im.convert("RGB")
-            w, h = im.size
-            scale = size / min(w, h)
-            rw, rh = max(size, round(w * scale)), max(size, round(h * scale))
-            im = im.resize((rw, rh), Image.BICUBIC)
-            left, top = (rw - size) // 2, (rh - size) // 2
-            im = im.crop((left, top, left + size, top + size))
-            out = io.BytesIO()
-            im.save(out, format="JPEG", quality=quality)
-            return out.getvalue()
+            return square_jpeg_of(im, decode_at(im, size), size, quality)
     except (OSError, ValueError, Image.DecompressionBombError) as e:
         raise ImageError(f"{type(e).__name__}: {str(e)[:120]}") from e
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import json
 
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 from click.testing import CliRunner
 
 from mm1data.cli import main
-from mm1data.runners.pipeline import kept_rows
 from tests.dedup.conftest import caption_table, change_words, degrade, interleaved_table, text_table
 
 
@@ -40,7 +40,9 @@ def _write(tables, root, parts: int):
         (root / stream).mkdir(parents=True)
         step = -(-table.num_rows // parts)
         for k in range(parts):
-            pq.write_table(kept_rows(table.slice(k * step, step)), root / stream / f"part-{k}.parquet")
+            part = table.slice(k * step, step)
+            kept = part.filter(pc.is_null(part["reject"])).drop_columns(["reject"])
+            pq.write_table(kept, root / stream / f"part-{k}.parquet")
 
 
 def _rejects(out):

@@ -50,4 +50,4 @@ def test_partitions_grow_with_rows_and_with_bytes():
     assert partitions_for(0) == 1
     assert partitions_for(250, 100) == 3
     assert partitions_for(10, 100, nbytes=1000, bytes_per_partition=300) == 4  # payload decides
-    assert partitions_for(10, 100, nbytes=5 * 2**30) == 20  # 5 GiB of images: 256 MiB per task
+    assert partitions_for(10, 100, nbytes=5 * 2**30) == 80  # 5 GiB of images: 64 MiB per task
