@@ -35,6 +35,8 @@ class Unit:
     path: str
     images: str | None = None
     name: str | None = None
+    row_groups: list[int] | None = None  # Parquet: only row groups [start, stop) of the file
+    first_row: int = 0  # the file's row number of the unit's first row (offsets and ids count from it)
 
     def to_json(self) -> str:
         """Serialized form carried through Ray Data rows."""
@@ -76,8 +78,8 @@ class TableFile:
     """A Parquet, CSV or TSV file (CSV/TSV possibly compressed) read as a stream of record batches
     (one row group or CSV block at a time), so a reader's memory does not grow with the file."""
 
-    def __init__(self, path: str, fmt: str, rows: int) -> None:
-        self.path, self.fmt, self.rows = path, fmt, rows
+    def __init__(self, path: str, fmt: str, rows: int, row_groups: list[int] | None = None) -> None:
+        self.path, self.fmt, self.rows, self.row_groups = path, fmt, rows, row_groups
         with open_text(path) as f:
             self.columns = self._reader(f)[0]
 
@@ -95,9 +97,10 @@ class TableFile:
         pf = pq.ParquetFile(f)
         # one reader per row group: a reader over the whole file keeps every page it has read
         # until it is closed (pyarrow 26: 1.2 GiB held after iterating a 1 GB file)
+        start, stop = self.row_groups or (0, pf.num_row_groups)
         groups = (
             batch
-            for i in range(pf.num_row_groups)
+            for i in range(start, min(stop, pf.num_row_groups))
             for batch in pf.iter_batches(batch_size=self.rows, row_groups=[i])
         )
         return pf.schema_arrow.names, groups
@@ -106,6 +109,32 @@ class TableFile:
         """The file's rows in order, at most ``rows`` per batch for Parquet."""
         with open_text(self.path) as f:
             yield from self._reader(f, self.columns)[1]
+
+
+def split_parquet(unit: Unit, max_bytes: int) -> list[Unit]:
+    """``unit`` (a whole Parquet file) as units of consecutive row groups of at most ``max_bytes``
+    (uncompressed; at least one group each), so one large file is read by many tasks. Reads only
+    the file's footer."""
+    import dataclasses
+
+    import pyarrow.parquet as pq
+
+    try:
+        with open_text(unit.path) as f:
+            meta = pq.ParquetFile(f).metadata
+    except Exception:  # an unreadable file: its reader reports it, as for any other format
+        return [unit]
+    units, start, first, size, rows = [], 0, 0, 0, 0
+    for i in range(meta.num_row_groups):
+        group = meta.row_group(i)
+        if i > start and size + group.total_byte_size > max_bytes:
+            units.append(dataclasses.replace(unit, row_groups=[start, i], first_row=first))
+            start, first, size = i, rows, 0
+        size += group.total_byte_size
+        rows += group.num_rows
+    stop = max(start + 1, meta.num_row_groups)
+    units.append(dataclasses.replace(unit, row_groups=[start, stop], first_row=first))
+    return units
 
 
 def open_text(path: str) -> io.BufferedIOBase:

@@ -258,7 +258,7 @@ def read_table_captions(unit: Unit, cfg: IngestConfig) -> Iterator[pa.Table]:
     if unit.format == "jsonl":
         batches = _jsonl_batches(unit, cfg, bad)
     else:
-        batches = TableFile(unit.path, unit.format, cfg.rows_per_batch).batches()
+        batches = TableFile(unit.path, unit.format, cfg.rows_per_batch, unit.row_groups).batches()
 
     def records() -> Iterator[tuple]:
         names: tuple | None = None
@@ -270,7 +270,7 @@ def read_table_captions(unit: Unit, cfg: IngestConfig) -> Iterator[pa.Table]:
             yield from zip(*columns, strict=True)
 
     def rows() -> Iterator[dict]:
-        for offset, (key, img, text, url, digest) in enumerate(records()):
+        for offset, (key, img, text, url, digest) in enumerate(records(), unit.first_row):
             row_id = f"{stem}:{key}" if key is not None else f"{stem}:{offset}"
             reason = bad.pop(offset, None)
             if reason is not None:

@@ -134,12 +134,12 @@ def _mmc4_items(doc: dict, unit: Unit, cfg: IngestConfig) -> list[dict]:
 def read_obelics(unit: Unit, cfg: IngestConfig) -> Iterator[pa.Table]:
     """OBELICS-style Parquet: parallel ``texts`` / ``images`` lists where exactly one is non-null
     per position; ``images`` holds bytes (or a dict with ``bytes``) or URLs (then ``image_missing``)."""
-    table = TableFile(unit.path, "parquet", cfg.rows_per_batch)
+    table = TableFile(unit.path, "parquet", cfg.rows_per_batch, unit.row_groups)
     stem = PurePosixPath(unit.path).stem
     cols = table.columns
 
     def rows() -> Iterator[dict]:
-        offset = 0
+        offset = unit.first_row
         for batch in table.batches():
             data = batch.to_pydict()
             for i in range(batch.num_rows):

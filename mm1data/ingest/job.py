@@ -1,7 +1,8 @@
 """The ingest phase (sources → normalized records on Ray Data) and the ``mm1data ingest`` job.
 
 Sources are planned into work units on the driver (one per file; a bad path or format fails
-fast), then read on workers; synthetic captions are joined onto caption pairs on workers
+fast); Parquet files are split into units of row groups on workers, and the units are read on
+workers; synthetic captions are joined onto caption pairs on workers
 (:mod:`mm1data.ingest.synthetic`). ``mm1data ingest`` runs this one phase through the executor
 and exports the kept records: ``<stream>/*.parquet`` (stream schema without ``reject``),
 ``rejects/<stream>/`` and ``stats.json``.
@@ -55,11 +56,34 @@ def read_units(batch: pa.Table, cfg: IngestConfig, sample: SampleConfig | None =
             yield sample_rows(table, unit.stream, sample) if sample and unit.stream in STREAMS else table
 
 
+PARQUET_FORMATS = {("caption", "parquet"), ("interleaved", "obelics"), ("text", "parquet")}
+"""Readers that read a unit's row groups only: their files are split into units of
+:data:`~mm1data.runners.shuffle.BYTES_PER_TASK` of row groups."""
+
+
+def split_units(batch: pa.Table) -> pa.Table:
+    """Ray Data UDF: each Parquet unit of ``batch`` as units of consecutive row groups."""
+    from mm1data.ingest.base import split_parquet
+    from mm1data.runners.shuffle import BYTES_PER_TASK
+
+    out = []
+    for text in batch.column("unit").to_pylist():
+        unit = Unit.from_json(text)
+        parquet = (unit.stream, unit.format) in PARQUET_FORMATS
+        out += [u.to_json() for u in (split_parquet(unit, BYTES_PER_TASK) if parquet else [unit])]
+    return pa.table({"unit": pa.array(out, pa.string())})
+
+
 def read_stream(units: list[Unit], cfg: IngestConfig, sample: SampleConfig | None = None):
-    """The records of ``units`` (one stream) as a lazy Ray dataset, one read task per unit."""
+    """The records of ``units`` (one stream) as a lazy Ray dataset, one read task per unit; a
+    Parquet file is first split (on workers, from its footer) into units of row groups, so a
+    single large file is read by many tasks."""
     import ray.data
 
     ds = ray.data.from_items([{"unit": u.to_json()} for u in units], override_num_blocks=len(units))
+    if any((u.stream, u.format) in PARQUET_FORMATS for u in units):
+        ds = ds.map_batches(split_units, batch_size=1, batch_format="pyarrow").materialize()
+        ds = ds.repartition(ds.count())  # one unit per read task
     return ds.map_batches(read_units, fn_args=(cfg, sample), batch_size=1, batch_format="pyarrow")
 
 

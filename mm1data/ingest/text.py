@@ -78,11 +78,11 @@ def read_jsonl(unit: Unit, cfg: IngestConfig) -> Iterator[pa.Table]:
 
 def read_parquet_text(unit: Unit, cfg: IngestConfig) -> Iterator[pa.Table]:
     """One TextDoc per Parquet row (columns as in the JSONL shapes)."""
-    table = TableFile(unit.path, "parquet", cfg.rows_per_batch)
+    table = TableFile(unit.path, "parquet", cfg.rows_per_batch, unit.row_groups)
     stem = PurePosixPath(unit.path).stem
 
     def rows() -> Iterator[dict]:
-        offset = 0
+        offset = unit.first_row
         for batch in table.batches():
             for doc in batch.to_pylist():
                 yield text_row(doc, f"{stem}:{offset}", unit, offset, cfg)

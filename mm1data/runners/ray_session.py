@@ -26,9 +26,9 @@ def configure_data_context(quiet: bool = True) -> None:
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True
     ctx.target_max_block_size = BLOCK_BYTES
-    # for Dataset.sort (the manifest's shard order; cogroup shuffles through files): task-based,
-    # each reduce task holds one partition (hash-shuffle aggregator actors hold every partition
-    # assigned to them until the end, so their memory grows with the data)
+    # mm1data shuffles through files (runners.shuffle.cogroup); should a Ray shuffle ever run,
+    # task-based: each reduce task holds one partition (hash-shuffle aggregator actors hold every
+    # partition assigned to them until the end, so their memory grows with the data)
     ctx.shuffle_strategy = ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
     ctx.enable_progress_bars = not quiet
     ctx.enable_operator_progress_bars = not quiet
