@@ -103,7 +103,7 @@ class Sampler(threading.Thread):
                     self.driver = max(self.driver, rss)
                     self.driver_anon = max(self.driver_anon, anon)
                 elif ("ray::" in cmd or "default_worker.py" in cmd) and anon > self.worker:
-                    self.worker, self.worker_cmd = anon, cmd.split(" ")[0][:60]
+                    self.worker, self.worker_cmd = anon, cmd.split(" ")[0][:110]
             if self.spill.exists():
                 size = sum(f.stat().st_size for f in self.spill.rglob("*") if f.is_file())
                 self.spilled = max(self.spilled, size)

@@ -186,6 +186,8 @@ def write_block(table: pa.Table, url: str, count: Callable[..., pa.Table], args:
         name = hashlib.blake2b(data, digest_size=16).hexdigest()
         fs, path = fsspec_fs(f"{url}/{name}.parquet")
         put_whole(fs, path, data)
+        del data, buf
+        pa.default_memory_pool().release_unused()  # the file's buffer, before the task's next block
     return count(table, *args)
 
 
