@@ -3,8 +3,9 @@ the manifest is streamed (never held whole by the driver) and published last.
 
 1. **route** (keyed by example): each placement of the plan meets its example's tokens and
    images; the routed row carries its shard;
-2. **write** (keyed by shard; about one partition per :data:`BYTES_PER_TASK` of images, never
-   more than there are shards): each task writes its shards one at a time as deterministic tars
+2. **write** (keyed by shard; about one partition per
+   :data:`~mm1data.runners.shuffle.BYTES_PER_TASK` of placed tokens and images, never more than
+   there are shards): each task writes its shards one at a time as deterministic tars
    (:mod:`mm1data.shards.writer`), each whole or not at all, then its marker in
    ``_work/shards/``; a shard whose marker holds the same plan fingerprint is kept as written by
    an earlier run;
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -47,7 +47,9 @@ from mm1data.shards.writer import SHARD_STATS, finish_dataset, put_shard, shard_
 from mm1data.tokens.render import EXAMPLE
 from mm1data.tokens.tokenizer import TextTokenizer
 
-BYTES_PER_TASK = 512 * 1024**2
+TOKEN_BYTES = 5
+"""Payload bytes of an example per token: its int32 token id and its uint8 loss-mask value."""
+
 PAYLOAD = [
     "key_hash",
     "stream",
@@ -114,8 +116,9 @@ def write_shards(
     t = parts["r"]
     if t.num_rows == 0:
         return SHARD_STATS.empty_table()
-    t = t.take(pc.sort_indices(t, [("shard_part", "ascending"), ("shard_index", "ascending")]))
-    part, index = t.column("shard_part").to_numpy(), t.column("shard_index").to_numpy()
+    order = pc.sort_indices(t, [(k, "ascending") for k in ("shard_part", "shard_index", "seq", "slot")])
+    part = pc.take(t.column("shard_part"), order).to_numpy()
+    index = pc.take(t.column("shard_index"), order).to_numpy()
     starts = np.flatnonzero(np.r_[True, (part[1:] != part[:-1]) | (index[1:] != index[:-1])])
     ends = np.r_[starts[1:], len(part)]
     slot_len = cfg.image_tokens
@@ -125,14 +128,15 @@ def write_shards(
     for s, e in zip(starts.tolist(), ends.tolist(), strict=True):
         p, i = int(part[s]), int(index[s])
         name = shard_name(p, i)
-        rows = t.slice(s, e - s).to_pylist()
         marker = work.shard_marker(name)
         if marker and marker.get("fingerprint") == plan_fp and fs.exists(f"{path}/{tar_index_name(name)}"):
             if fs.exists(f"{path}/{name}") and fs.size(f"{path}/{name}") == marker["bytes"]:
                 out.append({**{k: v for k, v in marker.items() if k != "fingerprint"}, "resumed": True})
                 continue
-        data, tar_index, counts = shard_tar(rows, p, i, cfg.seq_len, pad_id, slot_len)
+        shard = t.take(order.slice(s, e - s))  # one shard at a time, sorted by (seq, slot)
+        data, tar_index, counts = shard_tar(shard, p, i, cfg.seq_len, pad_id, slot_len)
         put_shard(root, name, data, tar_index)
+        light = shard.select(["seq", "slot", "stream", "n_tokens"]).to_pylist()
         row = {
             "shard_part": p,
             "shard_index": i,
@@ -143,8 +147,8 @@ def write_shards(
             "images": counts["images"],
             "tokens": json.dumps(dict(sorted(counts["tokens"].items()))),
             "examples": json.dumps(dict(sorted(counts["examples"].items()))),
-            "mix": json.dumps(dict(sorted(mix_weights(rows, target, cfg.mix_unit).items()))),
-            "full": bool(rows[0]["shard_full"]),
+            "mix": json.dumps(dict(sorted(mix_weights(light, target, cfg.mix_unit).items()))),
+            "full": bool(shard.column("shard_full")[0].as_py()),
         }
         work.commit_shard(name, row, plan_fp)
         out.append({**row, "resumed": False})
@@ -246,18 +250,20 @@ class WritePhase(Phase):
         info = ctx.info.get("plan", {})
         sums = info.get("sums", {})
         n_shards = max(1, sum(v for k, v in sums.items() if k.startswith("shards/")))
+        # what the placed examples weigh (images, tokens and loss masks, repeats included)
         placed_bytes = sum(v for k, v in sums.items() if k.startswith("bytes/"))
+        placed_bytes += TOKEN_BYTES * sum(v for k, v in sums.items() if k.startswith("tokens/"))
         payload = data.kept("examples", PAYLOAD)
         where = data.kept("placements", WHERE)
         n_rows = data.rows("examples") + data.rows("placements")
         routed = cogroup(
             {"ex": payload, "pl": where},
             {"ex": "key_hash", "pl": "key_hash"},
-            max(1, math.ceil(placed_bytes / BYTES_PER_TASK), partitions_for(n_rows)),
+            partitions_for(n_rows, nbytes=data.nbytes("examples") + placed_bytes),
             route,
             schemas={"ex": subschema(EXAMPLE, PAYLOAD), "pl": subschema(PLACEMENT, WHERE)},
         )
-        tasks = min(n_shards, max(1, math.ceil(placed_bytes / BYTES_PER_TASK)))
+        tasks = min(n_shards, partitions_for(0, nbytes=placed_bytes))
         shards = cogroup(
             {"r": routed},
             {"r": "_s"},

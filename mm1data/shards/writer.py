@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from mm1data.shards.format import (
     ARRAYS,
@@ -134,28 +135,32 @@ SHARD_STATS = pa.schema(
 
 
 def shard_tar(
-    rows: list[dict], part: int, index: int, seq_len: int, pad_id: int, slot_len: int
+    shard: pa.Table, part: int, index: int, seq_len: int, pad_id: int, slot_len: int
 ) -> tuple[bytes, bytes, dict]:
-    """``(tar, tar index, counts)`` of one shard from its placed examples (rows with ``seq``,
-    ``slot`` and the EXAMPLE payload); counts: sequences, images, tokens and examples per stream."""
-    rows = sorted(rows, key=lambda r: (r["seq"], r["slot"]))
-    by_seq: dict[int, list[dict]] = {}
+    """``(tar, tar index, counts)`` of one shard from its placed examples (a table of ``seq``,
+    ``slot`` and the EXAMPLE payload, sorted by ``seq`` then ``slot``); counts: sequences, images,
+    tokens and examples per stream. Rows become Python objects one sequence at a time."""
+    seqs = shard.column("seq").to_numpy()
+    starts = np.flatnonzero(np.r_[True, seqs[1:] != seqs[:-1]]).tolist()
+    ends = [*starts[1:], len(seqs)]
+    meta = shard.select(["stream", "n_tokens"]).to_pydict()
     tokens: dict[str, int] = {}
     examples: dict[str, int] = {}
-    images = 0
-    for r in rows:
-        r["slot_len"] = slot_len
-        by_seq.setdefault(r["seq"], []).append(r)
-        tokens[r["stream"]] = tokens.get(r["stream"], 0) + r["n_tokens"]
-        examples[r["stream"]] = examples.get(r["stream"], 0) + 1
-        images += r["n_images"]
-    samples = [(sample_key(part, index, q), assemble(by_seq[q], seq_len, pad_id)) for q in sorted(by_seq)]
-    tar, tar_index = tar_bytes(samples)
-    return (
-        tar,
-        tar_index,
-        {"sequences": len(by_seq), "images": images, "tokens": tokens, "examples": examples},
-    )
+    for stream, n in zip(meta["stream"], meta["n_tokens"], strict=True):
+        tokens[stream] = tokens.get(stream, 0) + n
+        examples[stream] = examples.get(stream, 0) + 1
+
+    def samples() -> Iterator[tuple[str, dict[str, bytes]]]:
+        for a, b in zip(starts, ends, strict=True):
+            rows = shard.slice(a, b - a).to_pylist()
+            for r in rows:
+                r["slot_len"] = slot_len
+            yield sample_key(part, index, int(seqs[a])), assemble(rows, seq_len, pad_id)
+
+    tar, tar_index = tar_bytes(samples())
+    images = int(pc.sum(shard.column("n_images")).as_py() or 0)
+    counts = {"sequences": len(starts), "images": images, "tokens": tokens, "examples": examples}
+    return tar, tar_index, counts
 
 
 def shard_entry(row: dict, mix: dict[str, float], full: bool) -> ShardEntry:
