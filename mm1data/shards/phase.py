@@ -16,7 +16,6 @@ the manifest is streamed (never held whole by the driver) and published last.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -43,7 +42,14 @@ from mm1data.shards.format import (
     shard_name,
     tar_index_name,
 )
-from mm1data.shards.writer import SHARD_STATS, finish_dataset, put_shard, shard_entry, shard_tar
+from mm1data.shards.writer import (
+    SHARD_STATS,
+    finish_dataset,
+    shard_counts,
+    shard_entry,
+    shard_samples,
+    write_shard,
+)
 from mm1data.tokens.render import EXAMPLE
 from mm1data.tokens.tokenizer import TextTokenizer
 
@@ -133,22 +139,23 @@ def write_shards(
             if fs.exists(f"{path}/{name}") and fs.size(f"{path}/{name}") == marker["bytes"]:
                 out.append({**{k: v for k, v in marker.items() if k != "fingerprint"}, "resumed": True})
                 continue
-        shard = t.take(order.slice(s, e - s))  # one shard at a time, sorted by (seq, slot)
-        data, tar_index, counts = shard_tar(shard, p, i, cfg.seq_len, pad_id, slot_len)
-        put_shard(root, name, data, tar_index)
-        light = shard.select(["seq", "slot", "stream", "n_tokens"]).to_pylist()
+        rows = order.slice(s, e - s)  # this shard's examples, sorted by (seq, slot)
+        light = t.select(["seq", "slot", "stream", "n_tokens", "n_images", "shard_full"]).take(rows)
+        samples = shard_samples(t, rows, p, i, cfg.seq_len, pad_id, slot_len)
+        size, sha256 = write_shard(root, name, samples)
+        counts = shard_counts(light)
         row = {
             "shard_part": p,
             "shard_index": i,
             "path": name,
-            "bytes": len(data),
-            "sha256": hashlib.sha256(data).hexdigest(),
+            "bytes": size,
+            "sha256": sha256,
             "sequences": counts["sequences"],
             "images": counts["images"],
             "tokens": json.dumps(dict(sorted(counts["tokens"].items()))),
             "examples": json.dumps(dict(sorted(counts["examples"].items()))),
-            "mix": json.dumps(dict(sorted(mix_weights(light, target, cfg.mix_unit).items()))),
-            "full": bool(shard.column("shard_full")[0].as_py()),
+            "mix": json.dumps(dict(sorted(mix_weights(light.to_pylist(), target, cfg.mix_unit).items()))),
+            "full": bool(light.column("shard_full")[0].as_py()),
         }
         work.commit_shard(name, row, plan_fp)
         out.append({**row, "resumed": False})

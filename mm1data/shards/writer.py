@@ -1,17 +1,22 @@
 """Assemble packed sequences and write them as deterministic WebDataset tars (``mm1data/packed-v1``).
 
 One sample per sequence, keyed by :func:`~mm1data.shards.format.sample_key`, with the members
-of :mod:`mm1data.shards.format`. The tar is built in memory with fixed mtime, uid, gid, mode and
-owner names, members sorted per sample, so the same plan gives the same bytes on any worker; its
-Energon ``.tar.idx`` (sample offsets) is computed while writing and stored beside it.
+of :mod:`mm1data.shards.format`. The tar is streamed to storage a sample at a time, with fixed
+mtime, uid, gid, mode and owner names, members sorted per sample, so the same plan gives the same
+bytes on any worker; its Energon ``.tar.idx`` (sample offsets) is computed while writing and
+stored beside it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
+import shutil
 import tarfile
+import tempfile
 from collections.abc import Callable, Iterable, Iterator
+from typing import Any, BinaryIO
 
 import numpy as np
 import pyarrow as pa
@@ -79,13 +84,33 @@ def assemble(examples: list[dict], seq_len: int, pad_id: int) -> dict[str, bytes
     return members
 
 
-def tar_bytes(samples: Iterable[tuple[str, dict[str, bytes]]]) -> tuple[bytes, bytes]:
-    """``(tar, tar index)``: a tar of ``(key, {extension: bytes})`` samples in order, members
-    sorted, metadata fixed; and its Energon ``.tar.idx`` (each sample's first header offset, then
-    the end-of-archive offset), byte-identical to what ``energon prepare`` derives from the tar."""
-    buf = io.BytesIO()
+class _Tally(io.RawIOBase):
+    """A write-only file that passes bytes on to ``f`` while counting and hashing them."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        self.f, self.size, self.sha256 = f, 0, hashlib.sha256()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b: Any) -> int:
+        self.f.write(b)
+        self.sha256.update(b)
+        n = memoryview(b).nbytes
+        self.size += n
+        return n
+
+    def tell(self) -> int:
+        return self.size
+
+
+def write_tar(samples: Iterable[tuple[str, dict[str, bytes]]], f: BinaryIO) -> bytes:
+    """Write a tar of ``(key, {extension: bytes})`` samples in order to ``f`` (members sorted,
+    metadata fixed), one sample in memory at a time; return its Energon ``.tar.idx`` (each sample's
+    first header offset, then the end-of-archive offset), byte-identical to what ``energon
+    prepare`` derives from the tar."""
     offsets = []
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+    with tarfile.open(fileobj=f, mode="w", format=tarfile.USTAR_FORMAT) as tar:
         for key, members in samples:
             offsets.append(tar.offset)
             for ext in sorted(members):
@@ -96,23 +121,61 @@ def tar_bytes(samples: Iterable[tuple[str, dict[str, bytes]]]) -> tuple[bytes, b
                 info.uname = info.gname = ""
                 tar.addfile(info, io.BytesIO(data))
         offsets.append(tar.offset)
-    return buf.getvalue(), pack_tar_index(offsets)
+    return pack_tar_index(offsets)
+
+
+def tar_bytes(samples: Iterable[tuple[str, dict[str, bytes]]]) -> tuple[bytes, bytes]:
+    """``(tar, tar index)`` of :func:`write_tar`, the tar held in memory (small tars only)."""
+    buf = io.BytesIO()
+    index = write_tar(samples, buf)
+    return buf.getvalue(), index
 
 
 def put_shard(output: str, name: str, tar: bytes, tar_index: bytes) -> None:
-    """Store ``output/<name>`` and ``output/<name>.idx``, each whole or not at all (written beside
-    and renamed locally; one PUT each on S3), the index first."""
+    """Store ``output/<name>`` and ``output/<name>.idx`` from bytes in memory; see :func:`write_shard`."""
+    write_shard(output, name, [], tar=tar, tar_index=tar_index)
+
+
+def write_shard(
+    output: str,
+    name: str,
+    samples: Iterable[tuple[str, dict[str, bytes]]],
+    *,
+    tar: bytes | None = None,
+    tar_index: bytes | None = None,
+) -> tuple[int, str]:
+    """Stream the tar of ``samples`` (or the given ``tar`` and ``tar_index``) to ``output/<name>``
+    and its index to ``output/<name>.idx``, each whole or not at all, the index first; returns the
+    tar's ``(bytes, sha256)``. Locally the tar is written beside as ``.partial`` and renamed; on S3
+    it is spooled to a local temporary file and uploaded once its index is stored (an object
+    appears only when its upload completes). Memory holds one sample, not the shard."""
     from mm1data.io.fs import fsspec_fs, is_s3
 
     fs, root = fsspec_fs(output)
-    if not is_s3(output):
+    path = f"{root}/{name}"
+    s3 = is_s3(output)
+    if not s3:
         fs.makedirs(root, exist_ok=True)
-    for path, data in ((tar_index_name(f"{root}/{name}"), tar_index), (f"{root}/{name}", tar)):
-        if is_s3(output):
-            fs.pipe_file(path, data)
+    with tempfile.TemporaryFile() if s3 else fs.open(f"{path}.partial", "wb") as raw:
+        tally = _Tally(raw)
+        if tar is None:
+            tar_index = write_tar(samples, tally)
         else:
-            fs.pipe_file(f"{path}.partial", data)
-            fs.mv(f"{path}.partial", path)
+            tally.write(tar)
+        if s3:
+            fs.pipe_file(tar_index_name(path), tar_index)
+            raw.seek(0)
+            with fs.open(path, "wb") as out:
+                shutil.copyfileobj(raw, out, COPY_BYTES)
+    if not s3:
+        fs.pipe_file(f"{tar_index_name(path)}.partial", tar_index)
+        fs.mv(f"{tar_index_name(path)}.partial", tar_index_name(path))
+        fs.mv(f"{path}.partial", path)
+    return tally.size, tally.sha256.hexdigest()
+
+
+COPY_BYTES = 8 << 20
+"""Bytes per read when a spooled shard is uploaded."""
 
 
 SHARD_STATS = pa.schema(
@@ -134,33 +197,36 @@ SHARD_STATS = pa.schema(
 """What the write phase reports per shard (and keeps in its marker under ``_work/shards``)."""
 
 
-def shard_tar(
-    shard: pa.Table, part: int, index: int, seq_len: int, pad_id: int, slot_len: int
-) -> tuple[bytes, bytes, dict]:
-    """``(tar, tar index, counts)`` of one shard from its placed examples (a table of ``seq``,
-    ``slot`` and the EXAMPLE payload, sorted by ``seq`` then ``slot``); counts: sequences, images,
-    tokens and examples per stream. Rows become Python objects one sequence at a time."""
-    seqs = shard.column("seq").to_numpy()
+def shard_samples(
+    payload: pa.Table, rows: pa.Array, part: int, index: int, seq_len: int, pad_id: int, slot_len: int
+) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """The samples of one shard: ``rows`` are the indices of its placed examples in ``payload`` (a
+    table of ``seq``, ``slot`` and the EXAMPLE payload), sorted by ``seq`` then ``slot``. Rows are
+    taken and become Python objects one sequence at a time."""
+    seqs = payload.column("seq").take(rows).to_numpy()
     starts = np.flatnonzero(np.r_[True, seqs[1:] != seqs[:-1]]).tolist()
-    ends = [*starts[1:], len(seqs)]
-    meta = shard.select(["stream", "n_tokens"]).to_pydict()
+    for a, b in zip(starts, [*starts[1:], len(seqs)], strict=True):
+        examples = payload.take(rows.slice(a, b - a)).to_pylist()
+        for r in examples:
+            r["slot_len"] = slot_len
+        yield sample_key(part, index, int(seqs[a])), assemble(examples, seq_len, pad_id)
+
+
+def shard_counts(light: pa.Table) -> dict:
+    """Sequences, images, and tokens and examples per stream of one shard, from its ``seq``,
+    ``stream``, ``n_tokens`` and ``n_images`` columns."""
     tokens: dict[str, int] = {}
     examples: dict[str, int] = {}
+    meta = light.select(["stream", "n_tokens"]).to_pydict()
     for stream, n in zip(meta["stream"], meta["n_tokens"], strict=True):
         tokens[stream] = tokens.get(stream, 0) + n
         examples[stream] = examples.get(stream, 0) + 1
-
-    def samples() -> Iterator[tuple[str, dict[str, bytes]]]:
-        for a, b in zip(starts, ends, strict=True):
-            rows = shard.slice(a, b - a).to_pylist()
-            for r in rows:
-                r["slot_len"] = slot_len
-            yield sample_key(part, index, int(seqs[a])), assemble(rows, seq_len, pad_id)
-
-    tar, tar_index = tar_bytes(samples())
-    images = int(pc.sum(shard.column("n_images")).as_py() or 0)
-    counts = {"sequences": len(starts), "images": images, "tokens": tokens, "examples": examples}
-    return tar, tar_index, counts
+    return {
+        "sequences": len(pc.unique(light.column("seq"))),
+        "images": int(pc.sum(light.column("n_images")).as_py() or 0),
+        "tokens": tokens,
+        "examples": examples,
+    }
 
 
 def shard_entry(row: dict, mix: dict[str, float], full: bool) -> ShardEntry:
