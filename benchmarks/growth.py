@@ -93,6 +93,7 @@ class Sampler(threading.Thread):
         self.pid, self.spill = pid, spill
         self.driver = self.driver_anon = self.worker = self.spilled = 0
         self.worker_cmd = ""
+        self.by_cmd: dict[str, int] = {}  # peak anonymous RSS per Ray task name (a few dozen)
         self.stop = threading.Event()
 
     def run(self) -> None:
@@ -102,8 +103,11 @@ class Sampler(threading.Thread):
                 if p == self.pid:
                     self.driver = max(self.driver, rss)
                     self.driver_anon = max(self.driver_anon, anon)
-                elif ("ray::" in cmd or "default_worker.py" in cmd) and anon > self.worker:
-                    self.worker, self.worker_cmd = anon, cmd.split(" ")[0][:110]
+                elif "ray::" in cmd or "default_worker.py" in cmd:
+                    name = cmd.split(" ")[0][:110]
+                    self.by_cmd[name] = max(self.by_cmd.get(name, 0), anon)
+                    if anon > self.worker:
+                        self.worker, self.worker_cmd = anon, name
             if self.spill.exists():
                 size = sum(f.stat().st_size for f in self.spill.rglob("*") if f.is_file())
                 self.spilled = max(self.spilled, size)
@@ -144,6 +148,7 @@ def run_child(args: list[str], env: dict | None = None) -> dict:
         worker_mib=sampler.worker / MIB,
         spill_mib=sampler.spilled / MIB,
         worker_cmd=sampler.worker_cmd,
+        top_workers=sorted(((v / MIB, k) for k, v in sampler.by_cmd.items()), reverse=True)[:4],
         child_wall_s=time.perf_counter() - t0,
     )
     return result
@@ -651,6 +656,9 @@ def print_table(tier: str, rows: list[tuple[int, dict]], phases: list[str]) -> N
     d = [r["driver_mib"] for _, r in rows]
     w = [r["worker_mib"] for _, r in rows]
     print("largest worker: " + ", ".join(f"{n:,}: {r.get('worker_cmd', '')}" for n, r in rows))
+    for n, r in rows:
+        top = "; ".join(f"{mib:.0f} {cmd}" for mib, cmd in r.get("top_workers", []))
+        print(f"  largest workers at {n:,} (MiB, task): {top}")
     ok = (
         max(d) <= 600 and d[-1] <= 1.10 * d[0],
         max(w) <= 2048 and w[-1] <= 1.20 * w[0],

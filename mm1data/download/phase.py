@@ -582,21 +582,37 @@ def _task(fn):
     return ray.remote(num_cpus=0.1)(fn)
 
 
-def cut_blocks(ds, rows_per_block: int) -> tuple[list, int]:
-    """(object refs of ``ds``'s rows in tables of at most ``rows_per_block`` rows, how many rows):
-    one small task cuts each bigger block (so fetching spreads over as many tasks as the URLs need)."""
+FETCHES_IN_FLIGHT = 512
+"""Fetch tasks submitted and not yet finished, at most (the driver holds a bounded number of task
+specs and object refs, not one per ``urls_per_task`` URLs)."""
+
+
+def _concat(*tables: pa.Table) -> pa.Table:
+    return pa.concat_tables(tables) if tables else URL_ROW.empty_table()
+
+
+def fetch_blocks(ds, rows_per_task: int, fetch: Any, args: tuple) -> list:
+    """Run ``fetch(block, *args)`` over ``ds``'s rows in tables of at most ``rows_per_task`` rows
+    (one small task cuts each block, so fetching spreads over as many tasks as the URLs need) and
+    return one object ref per block of ``ds``: its fetch results, concatenated. At most
+    :data:`FETCHES_IN_FLIGHT` fetch tasks are pending at a time, so what the driver holds grows with
+    the blocks of ``ds`` (its partitions), not with the URLs."""
     import ray
 
     refs = ds.to_arrow_refs()
     rows = ray.get([_task(_num_rows).remote(r) for r in refs])
-    out = []
+    merged: list = []
+    pending: list[tuple[Any, int]] = []  # (merged ref, its fetch tasks), oldest first
     for ref, n in zip(refs, rows, strict=True):
-        pieces = math.ceil(n / rows_per_block)
-        if pieces == 1:
-            out.append(ref)
-        elif pieces > 1:
-            out.extend(_task(_cut).options(num_returns=pieces).remote(ref, pieces))
-    return out, sum(rows)
+        pieces = math.ceil(n / rows_per_task)
+        if pieces == 0:
+            continue
+        blocks = [ref] if pieces == 1 else _task(_cut).options(num_returns=pieces).remote(ref, pieces)
+        merged.append(_task(_concat).remote(*(fetch.remote(b, *args) for b in blocks)))
+        pending.append((merged[-1], pieces))
+        while sum(p for _, p in pending) > FETCHES_IN_FLIGHT and len(pending) > 1:
+            ray.wait([pending.pop(0)[0]], fetch_local=False)
+    return merged
 
 
 def read_parts(url: str, columns: list[str] | None, schema: pa.Schema):
@@ -713,9 +729,9 @@ class DownloadPhase(Phase):
         # 2. fetch what has no (good enough) result; results stream into checkpoint parts
         # (plain tasks, not a Ray Data map: its resource budget shares the CPUs among the
         # operators of the plan and ran one fetch task at a time on two CPUs)
-        todo, n_todo = cut_blocks(_map(plan, _is_todo), cfg.urls_per_task)
         fetch = ray.remote(fetch_block).options(num_cpus=cfg.task_cpus)
-        done = [fetch.remote(block, cfg, self.ingest, self.render, parts_url) for block in todo]
+        args = (cfg, self.ingest, self.render, parts_url)
+        done = fetch_blocks(_map(plan, _is_todo), cfg.urls_per_task, fetch, args)
         fetched = ray.data.from_arrow_refs(done) if done else ray.data.from_arrow(URL_ROW.empty_table())
         urls = _map(plan, _is_reused).union(fetched).materialize()
 

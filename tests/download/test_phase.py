@@ -122,3 +122,25 @@ def test_ingest_with_download_fills_or_rejects_every_pending_image(
     changed = {p for p in server.received if server.served[p] != served.get(p, 0)}
     assert changed == {p for p in server.received if p.startswith("slow/")}  # refused: never served
     assert server.received[f"404/{names[0]}"] == 1
+
+
+def test_fetch_blocks_covers_every_row_with_bounded_tasks_in_flight(ray_local, monkeypatch):
+    """Blocks are cut into tasks of at most ``rows_per_task`` rows; every row is fetched once, in
+    order, one result ref per block, also when the in-flight bound makes the driver wait."""
+    import ray
+    import ray.data
+
+    from mm1data.download import phase
+
+    def _tagged(block: pa.Table) -> pa.Table:  # (nested: pickled by value for the workers)
+        return block.append_column("task", pa.array([block.column("k")[0].as_py()] * block.num_rows))
+
+    monkeypatch.setattr(phase, "FETCHES_IN_FLIGHT", 3)
+    ds = ray.data.from_arrow([pa.table({"k": list(range(a, b))}) for a, b in ((0, 25), (25, 25), (25, 60))])
+    merged = phase.fetch_blocks(ds, 10, ray.remote(_tagged), ())
+    tables = ray.get(merged)
+    assert len(merged) == 2  # the empty block gives no task
+    rows = pa.concat_tables(tables)
+    assert rows.column("k").to_pylist() == list(range(60))
+    sizes = Counter(rows.column("task").to_pylist())
+    assert max(sizes.values()) <= 10 and len(sizes) == 3 + 4  # ceil(25/10) + ceil(35/10) tasks
