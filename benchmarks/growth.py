@@ -207,6 +207,7 @@ def child_build(data: Path, out: Path, num_cpus: int, image_size: int) -> dict:
     near_text = [p for p in truth["near_text"] if p[2] >= 0.8]
     return {
         "timings": stats["timings_s"],
+        "driver_rss": stats.get("driver_rss_mib", {}),
         "wall_s": stats["wall_s"],
         "records": sum(truth["records"].values()),
         "streams": {k: {x: v[x] for x in ("read", "kept", "rejected")} for k, v in stats["streams"].items()},
@@ -241,7 +242,9 @@ def tier_a(sizes: list[int], work: Path) -> None:
             print(f"generated {n} records in {time.perf_counter() - t:.0f} s", file=sys.stderr)
         res = run_child(["build", str(data), str(work / f"out-{n}"), "2", "64"])
         rows.append((n, res))
-        print(f"tier A {n}: {res['wall_s']:.0f} s", file=sys.stderr)
+        print(
+            f"tier A {n}: {res['wall_s']:.0f} s; driver RSS after each: {res['driver_rss']}", file=sys.stderr
+        )
     n0 = sizes[0]
     one = run_child(["build", str(work / f"data-{n0}"), str(work / f"out-{n0}-1cpu"), "1", "64"])
     same = one["sha256"] == rows[0][1]["sha256"]

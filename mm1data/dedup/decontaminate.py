@@ -132,9 +132,9 @@ def check_batch(table: pa.Table, stream: str, index: EvalIndex, cfg: DedupConfig
             bad = hit is not None and hit[0] >= cfg.decontaminate_threshold
             rows.append((m, hit[1] if bad else None, hit[0] if bad else None))
     if stream in ("caption", "interleaved") and len(index.image_hashes):
-        for m, _, data, meta in live_images(table, stream):
+        for m, _, image, meta in live_images(table, stream):
             h = meta.get(cfg.image_hash_kind)
-            h = image_hash.image_hash(data, cfg.image_hash_kind) if h is None else h
+            h = image_hash.image_hash(image.as_py(), cfg.image_hash_kind) if h is None else h
             if h is None:
                 continue
             d = image_hash.hamming(h, index.image_hashes)

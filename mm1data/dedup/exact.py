@@ -13,6 +13,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from mm1data.dedup.components import item_member, record_member
 from mm1data.filters.words import table_texts
@@ -50,26 +51,43 @@ def live_texts(table: pa.Table, stream: str) -> tuple[list[str], list[str], list
     return [record_member(stream, ids[i]) for i in rows], [texts[i] for i in rows], [quality[i] for i in rows]
 
 
-def live_images(table: pa.Table, stream: str) -> Iterator[tuple[str, float, bytes | None, dict]]:
-    """(member, quality, image bytes, image columns) of every image of the live records of a
-    caption or interleaved batch: the pair's image, or each image item of a doc. The image columns
-    are what ingest recorded (``image_sha256``, ``phash``, ``dhash``; None when absent)."""
+def live_images(table: pa.Table, stream: str) -> Iterator[tuple[str, float, pa.Scalar, dict]]:
+    """(member, quality, image, image columns) of every image of the live records of a caption or
+    interleaved batch: the pair's image, or each image item of a doc. ``image`` is its bytes as an
+    Arrow scalar (``.as_py()`` copies them: only where a hash is missing); the image columns are
+    what ingest recorded (``image_sha256``, ``phash``, ``dhash``; None when absent)."""
     live = live_mask(table)
     ids = table.column("id").to_pylist()
     quality = _quality(table)
     if stream == "caption":
-        images = table.column("image").to_pylist()
-        cols = {c: _column(table, c) for c in ("image_sha256", "phash", "dhash")}
-        for i in np.flatnonzero(live):
-            if images[i] is not None:
-                yield record_member(stream, ids[i]), quality[i], images[i], {c: v[i] for c, v in cols.items()}
+        images = table.column("image")
+        present = pc.is_valid(images).to_numpy(zero_copy_only=False)
+        cols = {c: _column(table, c) for c in IMAGE_COLUMNS}
+        for i in np.flatnonzero(live & present):
+            yield record_member(stream, ids[i]), quality[i], images[i], {c: v[i] for c, v in cols.items()}
         return
-    items_col = table.column("items").to_pylist()
-    for i in np.flatnonzero(live):
-        for k, item in enumerate(items_col[i] or []):
-            if item["kind"] == "image" and item.get("image") is not None:
-                meta = {c: item.get(c) for c in ("image_sha256", "phash", "dhash")}
-                yield item_member(ids[i], item, k), quality[i], item["image"], meta
+    row = 0
+    for chunk in table.column("items").chunks:
+        lengths = pc.fill_null(chunk.value_lengths(), 0).to_numpy()
+        items = chunk.flatten()  # every item of the chunk's docs, in order
+        fields = dict(zip([f.name for f in items.type], items.flatten(), strict=True))
+        kind, pos = fields["kind"].to_pylist(), fields["position"].to_pylist()
+        image = fields["image"]
+        has = pc.is_valid(image).to_numpy(zero_copy_only=False)
+        cols = {c: fields[c].to_pylist() if c in fields else [None] * len(items) for c in IMAGE_COLUMNS}
+        at = 0
+        for n in lengths.tolist():
+            if live[row]:
+                for k in range(n):
+                    j = at + k
+                    if kind[j] == "image" and has[j]:
+                        member = item_member(ids[row], {"position": pos[j]}, k)
+                        yield member, quality[row], image[j], {c: v[j] for c, v in cols.items()}
+            at += n
+            row += 1
+
+
+IMAGE_COLUMNS = ("image_sha256", "phash", "dhash")
 
 
 def _column(table: pa.Table, name: str) -> list:
@@ -85,8 +103,8 @@ def text_entries(table: pa.Table, stream: str) -> pa.Table:
 def image_entries(table: pa.Table, stream: str) -> pa.Table:
     """:data:`ENTRY` rows keyed by the sha256 of the image bytes."""
     rows = [
-        (meta["image_sha256"] or hashlib.sha256(data).hexdigest(), member, q)
-        for member, q, data, meta in live_images(table, stream)
+        (meta["image_sha256"] or hashlib.sha256(image.as_py()).hexdigest(), member, q)
+        for member, q, image, meta in live_images(table, stream)
     ]
     return pa.table([list(c) for c in zip(*rows, strict=True)] if rows else [[], [], []], schema=ENTRY)
 

@@ -134,6 +134,11 @@ class _Rows:
         return pa.table([pa.array(self.cols[f.name], f.type) for f in INDEX], schema=INDEX)
 
 
+INDEX_BATCH_ROWS = 256
+"""Records per index batch: a batch's texts become Python words and shingles at once, so this bounds
+a worker's memory (Ray Data's default of 1,024 rows of 3,000-word docs peaked near 400 MiB)."""
+
+
 def index_batch(table: pa.Table, stream: str, cfg: DedupConfig, eval_index=None) -> pa.Table:
     """All :data:`INDEX` rows of one stream batch (the map step)."""
     out = _Rows()
@@ -170,17 +175,17 @@ def index_batch(table: pa.Table, stream: str, cfg: DedupConfig, eval_index=None)
                 for b in bands[j].tolist():
                     out.add(MINHASH, b, mid)
     if stream in IMAGE_STREAMS and (cfg.exact_image or cfg.image_hash):
-        for m, q, data, meta in live_images(table, stream):
+        for m, q, image, meta in live_images(table, stream):
             if m in gone or (stream == "interleaved" and m.rsplit("#", 1)[0] in gone):
                 continue
             mid, doc = int(hash64([m])[0]), _doc_of(m)
-            sha = meta["image_sha256"] or _sha256(data)
+            sha = meta["image_sha256"] or _sha256(image.as_py())
             k, c = _digest_words(sha)
             out.add(MEMBER, mid, mid, c, m, rank(m, q), doc)
             if cfg.exact_image:
                 out.add(EXACT_IMAGE, k, mid, c, doc=doc)
             h = meta.get(cfg.image_hash_kind)
-            h = image_hash.image_hash(data, cfg.image_hash_kind) if h is None else h
+            h = image_hash.image_hash(image.as_py(), cfg.image_hash_kind) if h is None else h
             if cfg.image_hash and h is not None:
                 for b in image_hash.band_keys(np.array([h], np.uint64), cfg.hamming_radius)[0].tolist():
                     out.add(IMAGE_HASH, _signed(int(b)), mid, _signed(int(h)), doc=doc)
@@ -630,7 +635,9 @@ class DedupPhase(Phase):
         streams = {s: data.kept(s) for s in STREAMS if s in data}
         eval_index = build_index(cfg) if (cfg.decontaminate_texts or cfg.decontaminate_images) else None
         parts = [
-            ds.map_batches(index_batch, fn_args=(s, cfg, eval_index), batch_format="pyarrow")
+            ds.map_batches(
+                index_batch, fn_args=(s, cfg, eval_index), batch_format="pyarrow", batch_size=INDEX_BATCH_ROWS
+            )
             for s, ds in streams.items()
         ]
         eng = RayDatasets()

@@ -366,6 +366,15 @@ class Result:
     timings: dict[str, float]
 
 
+def resident_mib() -> int:
+    """This process's resident memory in MiB (0 where ``/proc`` is missing)."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) >> 10 for line in f if line.startswith("VmRSS:"))
+    except (OSError, StopIteration):
+        return 0
+
+
 class Executor:
     """Runs phases with checkpoints, rejects, stats and progress (see the module docstring)."""
 
@@ -398,6 +407,7 @@ class Executor:
         ctx = Context(self.output, WorkDir(self.output), self.log)
         data = Data()
         timings: dict[str, float] = {}
+        rss: dict[str, int] = {}  # the driver's resident MiB after each phase
         with (
             ray_session(self.ray_address, self.num_cpus, quiet=not self.log.show_progress),
             shuffle_files(ctx.work.url("_shuffle")),
@@ -410,10 +420,13 @@ class Executor:
                 ctx.fingerprints[phase.name] = fp
                 self._run_phase(phase, fp, data, ctx)
                 timings[phase.name] = time.perf_counter() - t
+                rss[phase.name] = resident_mib()
             t = time.perf_counter()
             rejects = self._write_rejects(data, ctx)
             timings["rejects"] = time.perf_counter() - t
+            rss["rejects"] = resident_mib()
             stats = self._stats(data, ctx, rejects, timings, t0)
+            stats["driver_rss_mib"] = rss
             if amend is not None:
                 stats = amend(stats, data)
             fs, path = fsspec_fs(ctx.root)

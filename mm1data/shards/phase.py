@@ -139,10 +139,9 @@ def write_shards(
             if fs.exists(f"{path}/{name}") and fs.size(f"{path}/{name}") == marker["bytes"]:
                 out.append({**{k: v for k, v in marker.items() if k != "fingerprint"}, "resumed": True})
                 continue
-        rows = order.slice(s, e - s)  # this shard's examples, sorted by (seq, slot)
-        light = t.select(["seq", "slot", "stream", "n_tokens", "n_images", "shard_full"]).take(rows)
-        samples = shard_samples(t, rows, p, i, cfg.seq_len, pad_id, slot_len)
-        size, sha256 = write_shard(root, name, samples)
+        shard = t.take(order.slice(s, e - s))  # one shard at a time, sorted by (seq, slot)
+        size, sha256 = write_shard(root, name, shard_samples(shard, p, i, cfg.seq_len, pad_id, slot_len))
+        light = shard.select(["seq", "slot", "stream", "n_tokens", "n_images", "shard_full"])
         counts = shard_counts(light)
         row = {
             "shard_part": p,

@@ -198,15 +198,15 @@ SHARD_STATS = pa.schema(
 
 
 def shard_samples(
-    payload: pa.Table, rows: pa.Array, part: int, index: int, seq_len: int, pad_id: int, slot_len: int
+    shard: pa.Table, part: int, index: int, seq_len: int, pad_id: int, slot_len: int
 ) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """The samples of one shard: ``rows`` are the indices of its placed examples in ``payload`` (a
-    table of ``seq``, ``slot`` and the EXAMPLE payload), sorted by ``seq`` then ``slot``. Rows are
-    taken and become Python objects one sequence at a time."""
-    seqs = payload.column("seq").take(rows).to_numpy()
+    """The samples of one shard from its placed examples (a table of ``seq``, ``slot`` and the
+    EXAMPLE payload, sorted by ``seq`` then ``slot``). Rows become Python objects one sequence at
+    a time."""
+    seqs = shard.column("seq").to_numpy()
     starts = np.flatnonzero(np.r_[True, seqs[1:] != seqs[:-1]]).tolist()
     for a, b in zip(starts, [*starts[1:], len(seqs)], strict=True):
-        examples = payload.take(rows.slice(a, b - a)).to_pylist()
+        examples = shard.slice(a, b - a).to_pylist()
         for r in examples:
             r["slot_len"] = slot_len
         yield sample_key(part, index, int(seqs[a])), assemble(examples, seq_len, pad_id)
