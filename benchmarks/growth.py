@@ -400,8 +400,8 @@ def child_global(n: int, out: Path) -> dict:
     from mm1data.runners.executor import write_rejects
     from mm1data.runners.ray_session import ray_session
     from mm1data.runners.shuffle import RayDatasets, cogroup, partitions_for
-    from mm1data.shards.format import Header, Mix, Tokenizer, write_manifest
-    from mm1data.shards.phase import entries, sorted_rows
+    from mm1data.shards.format import Header, Mix, Tokenizer
+    from mm1data.shards.phase import publish_manifest, sorted_tables
 
     timings: dict[str, float] = {}
     rss: dict[str, float] = {}
@@ -464,9 +464,8 @@ def child_global(n: int, out: Path) -> dict:
             epochs={"caption": 1.0, "interleaved": 1.0, "text": 1.0},
             partitions=max(1, n // 10_000),
         )
-        rows = sorted_rows(shards, max(1, n // 100), header.partitions)
-        with open(out / "manifest.json", "w") as f:
-            write_manifest(f, header, entries(rows, target))
+        refs = sorted_tables(shards, max(1, n // 100), header.partitions)
+        publish_manifest(str(out / "dataset"), header, refs, None)
         timings["manifest"] = time.perf_counter() - t
         rss["manifest"] = _rss_mib()
     return {

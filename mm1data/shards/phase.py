@@ -16,6 +16,7 @@ the manifest is streamed (never held whole by the driver) and published last.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -37,6 +38,7 @@ from mm1data.shards.format import (
     Header,
     Mix,
     Tokenizer,
+    Totals,
     TotalsBuilder,
     parse_shard_name,
     shard_name,
@@ -162,33 +164,74 @@ def write_shards(
 
 
 LOCAL_SORT_ROWS = 10_000
-"""Up to this many shard rows, the manifest's order comes from one sort in the driver; past it,
-each of ``rows / LOCAL_SORT_ROWS`` range partitions is sorted in its own task."""
+"""Up to this many shard rows, the manifest's order comes from one sort in one task; past it, each
+of ``rows / LOCAL_SORT_ROWS`` range partitions is sorted in its own task."""
 
 
 ROWS_AT_ONCE = 512
-"""Shard rows the driver holds as Python dicts at a time while writing the manifest."""
+"""Shard rows a manifest task holds as Python dicts at a time."""
 
 
-def sorted_rows(ds, rows: int, parts: int) -> Iterator[dict]:
-    """The shard rows of ``ds`` (``rows`` of them, as counted; ``shard_part`` in ``[0, parts)``) in
-    (``shard_part``, ``shard_index``) order, streamed. Many rows are cut into contiguous ranges of
-    plan partitions by a cogroup, each range sorted in its own task and read back in range order,
-    so the driver holds one batch at a time."""
-    import ray
-
+def sorted_tables(ds, rows: int, parts: int) -> list:
+    """Object refs of the shard rows of ``ds`` (``rows`` of them, as counted; ``shard_part`` in
+    ``[0, parts)``), one sorted table per ref, the refs in (``shard_part``, ``shard_index``) order.
+    Many rows are cut into contiguous ranges of plan partitions by a cogroup, each range sorted in
+    its own task. The driver holds refs (one per range), never rows."""
     if rows <= LOCAL_SORT_ROWS:
-        tables = [t for t in ray.get(ds.to_arrow_refs()) if t.num_rows]
-        if tables:
-            for batch in _sorted(pa.concat_tables(tables)).to_batches(ROWS_AT_ONCE):
-                yield from batch.to_pylist()
-        return
+        return [_remote(_sorted_concat).remote(*ds.to_arrow_refs())]
     ranges = min(max(1, parts), partitions_for(rows, LOCAL_SORT_ROWS))
     keyed = ds.map_batches(_with_range, fn_args=(ranges, parts), batch_format="pyarrow")
-    for batch in cogroup({"s": keyed}, {"s": "_range"}, ranges, _sorted_range).iter_batches(
-        batch_format="pyarrow", batch_size=ROWS_AT_ONCE
-    ):
-        yield from batch.to_pylist()
+    return cogroup({"s": keyed}, {"s": "_range"}, ranges, _sorted_range).to_arrow_refs()
+
+
+def sorted_rows(refs: list) -> Iterator[dict]:
+    """The rows of :func:`sorted_tables`' refs in order, one table and :data:`ROWS_AT_ONCE` rows as
+    Python dicts at a time (in the task that writes the manifest)."""
+    import ray
+
+    for ref in refs:
+        for batch in ray.get(ref).to_batches(ROWS_AT_ONCE):
+            yield from batch.to_pylist()
+
+
+def manifest_totals(refs: list, header: Header, attainable_fill: float | None) -> Totals:
+    """The manifest's totals over the sorted shard rows of ``refs`` (each entry checked on the way),
+    counted in one task."""
+    import ray
+
+    return ray.get(_remote(_totals).remote(refs, header, attainable_fill))
+
+
+def publish_manifest(root: str, header: Header, refs: list, attainable_fill: float | None) -> None:
+    """The ``.nv-meta`` files Energon reads, then ``manifest.json`` (see
+    :func:`~mm1data.shards.writer.finish_dataset`), written from the sorted shard rows of ``refs``
+    by one task."""
+    import ray
+
+    ray.get(_remote(_publish).remote(root, header, refs, attainable_fill))
+
+
+def _totals(refs: list, header: Header, attainable_fill: float | None) -> Totals:
+    totals = TotalsBuilder(header.seq_len)
+    for i, e in enumerate(entries(sorted_rows(refs), header.mix.target)):
+        totals.add(e, f"shards[{i}]")
+    return totals.totals(attainable_fill)
+
+
+def _publish(root: str, header: Header, refs: list, attainable_fill: float | None) -> None:
+    finish_dataset(root, header, entries(sorted_rows(refs), header.mix.target), attainable_fill)
+
+
+@functools.cache
+def _remote(fn):
+    import ray
+
+    return ray.remote(fn)
+
+
+def _sorted_concat(*tables: pa.Table) -> pa.Table:
+    tables = tuple(t for t in tables if t.num_rows)
+    return _sorted(pa.concat_tables(tables)) if tables else SHARD_STATS.empty_table()
 
 
 def _sorted(table: pa.Table) -> pa.Table:
@@ -246,6 +289,7 @@ class WritePhase(Phase):
 
     def __init__(self, cfg: BuildConfig, tok: TextTokenizer) -> None:
         self.cfg, self.tok = cfg, tok
+        self._sorted: list = []  # refs of the sorted shard rows, from run to finish
 
     def fingerprint(self) -> Any:
         return [to_dict(self.cfg), self.tok.manifest()]
@@ -282,14 +326,12 @@ class WritePhase(Phase):
         summary = plan_summary(sums, cfg)
         n_parts = info.get("partitions", 1)
         header = manifest_header(cfg, self.tok, summary, n_parts)
-        totals = TotalsBuilder(cfg.seq_len)
-        target = parse_mix(cfg.mix)
-        for i, e in enumerate(entries(sorted_rows(shards, resumed.get("shards", 0), n_parts), target)):
-            totals.add(e, f"shards[{i}]")
+        self._sorted = sorted_tables(shards, resumed.get("shards", 0), n_parts)  # (refs, for finish)
+        totals = manifest_totals(self._sorted, header, summary["attainable_fill"])
         _drop_stale_shards(ctx.root, shards)
         ctx.info["write"] = {
             "header": header.to_json(),
-            "totals": totals.totals(summary["attainable_fill"]).to_json(),
+            "totals": totals.to_json(),
             "examples": {k: summary[k] for k in ("rendered", "used", "placed_with_repeats")},
             "kept_from_earlier_run": resumed.get("resumed", 0),
         }
@@ -299,8 +341,7 @@ class WritePhase(Phase):
         """The ``.nv-meta`` files Energon reads, then ``manifest.json``: the last file of a build."""
         info = ctx.info["write"]
         header = Header.from_json(info["header"])
-        rows = sorted_rows(data.kept("shards"), info["totals"]["shards"], header.partitions)
-        finish_dataset(ctx.root, header, entries(rows, header.mix.target), info["totals"]["attainable_fill"])
+        publish_manifest(ctx.root, header, self._sorted, info["totals"]["attainable_fill"])
 
 
 ORDER = ["shard_part", "shard_index"]

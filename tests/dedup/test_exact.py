@@ -5,8 +5,9 @@ from __future__ import annotations
 import hashlib
 
 import numpy as np
+import pyarrow as pa
 
-from mm1data.dedup.exact import image_entries, normalize_text, text_entries, text_key
+from mm1data.dedup.exact import image_entries, live_images, normalize_text, text_entries, text_key
 from mm1data.stages import reject_rows
 from tests.dedup.conftest import caption_table, interleaved_table, text_table
 
@@ -44,3 +45,16 @@ def test_rejected_and_empty_records_are_not_indexed(dolma_docs):
     table = text_table([dolma_docs[0], dolma_docs[1], ("blank", "  \n ")])
     table = reject_rows(table, np.array([True, False, False]), "filter", "too_short")
     assert [r["member"] for r in text_entries(table, "text").to_pylist()] == [f"text:{dolma_docs[1][0]}"]
+
+
+def test_interleaved_images_are_found_in_sliced_and_chunked_batches(coco_images):
+    """Batches are slices of blocks, often of several chunks: every live image item is found,
+    under its own doc, whatever the offsets (a doc with no items in between)."""
+    imgs = [data for _, data in coco_images[:5]]
+    docs = [("a", "x", imgs[:2]), ("b", "y", []), ("c", "z", imgs[2:5]), ("d", "w", imgs[:1])]
+    whole = interleaved_table(docs)
+    batch = pa.concat_tables([whole.slice(1, 2), whole.slice(3, 1)])  # docs b, c | d
+    assert batch.column("items").num_chunks == 2
+    got = [(m, img.as_py()) for m, _, img, _ in live_images(batch, "interleaved")]
+    want = [(f"interleaved:c#{k + 1}", b) for k, b in enumerate(imgs[2:5])] + [("interleaved:d#1", imgs[0])]
+    assert got == want

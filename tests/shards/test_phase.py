@@ -7,7 +7,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from mm1data.shards.phase import LOCAL_SORT_ROWS, sorted_rows
+from mm1data.shards.phase import LOCAL_SORT_ROWS, sorted_rows, sorted_tables
 
 
 def _shard_rows(n: int, parts: int, seed: int) -> list[pa.Table]:
@@ -24,7 +24,7 @@ def test_sorted_rows_streams_shard_rows_in_manifest_order(ray_local, n):
     import ray.data
 
     blocks = _shard_rows(n, parts=37, seed=n)
-    rows = list(sorted_rows(ray.data.from_arrow(blocks), n, 37))
+    rows = list(sorted_rows(sorted_tables(ray.data.from_arrow(blocks), n, 37)))
     expected = pa.concat_tables(blocks).sort_by([("shard_part", "ascending"), ("shard_index", "ascending")])
     assert [(r["shard_part"], r["shard_index"], r["path"]) for r in rows] == list(
         zip(*expected.to_pydict().values(), strict=True)
