@@ -24,6 +24,7 @@ counts: O(phases × outputs × reasons) numbers, and O(blocks) object references
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import time
@@ -399,7 +400,7 @@ class Executor:
         writing rejects, ``stats.json`` (``amend(stats, data)`` may add to it) and calling every
         phase's :meth:`Phase.finish`."""
         from mm1data.runners.ray_session import ray_session
-        from mm1data.runners.shuffle import shuffle_files
+        from mm1data.runners.shuffle import release_memory, shuffle_files
 
         phases = list(phases)
         t0 = time.perf_counter()
@@ -420,6 +421,8 @@ class Executor:
                 ctx.fingerprints[phase.name] = fp
                 self._run_phase(phase, fp, data, ctx)
                 timings[phase.name] = time.perf_counter() - t
+                gc.collect()  # (a phase's datasets and their block metadata, then their pages)
+                release_memory()
                 rss[phase.name] = resident_mib()
             t = time.perf_counter()
             rejects = self._write_rejects(data, ctx)

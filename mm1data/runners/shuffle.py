@@ -134,14 +134,24 @@ def _write_pieces(table: pa.Table, key: str, partitions: int, folder: str) -> pa
             chunks.append(_ipc(table.slice(bounds[p], bounds[p + 1] - bounds[p])))
             at += len(chunks[-1])
             offsets[p + 1 :] = at
+        del table  # (the sorted copy, before the pieces are joined)
         data = b"".join(chunks) + offsets.tobytes()
+        del chunks
         name = f"{hashlib.blake2b(data, digest_size=12).hexdigest()}-{uuid.uuid4().hex[:8]}.pieces"
         from mm1data.io.fs import fsspec_fs
         from mm1data.runners.workdir import put_whole
 
         fs, path = fsspec_fs(f"{folder}/{name}")
         put_whole(fs, path, data)
+        del data
+        release_memory()
     return pa.table({"rows": pa.array([n], pa.int64())})
+
+
+def release_memory() -> None:
+    """Give freed memory back to the system at the end of a task (with the system allocator this
+    is ``malloc_trim``), so a reused worker starts its next task small."""
+    pa.default_memory_pool().release_unused()
 
 
 def _read_pieces(folder: str, partition: int, partitions: int) -> Iterator[pa.Table]:
@@ -167,7 +177,10 @@ def _reduce(
     """Reduce task: ``fn`` over one partition's rows of every input."""
     (partition,) = batch.column("id").to_pylist()
     tables = [list(_read_pieces(folder, partition, partitions)) for folder in folders]
-    return _call(fn, names, schemas, tables, args)
+    out = _call(fn, names, schemas, tables, args)
+    del tables
+    release_memory()
+    return out
 
 
 @contextlib.contextmanager
