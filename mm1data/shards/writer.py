@@ -156,17 +156,22 @@ def write_shard(
     s3 = is_s3(output)
     if not s3:
         fs.makedirs(root, exist_ok=True)
-    with tempfile.TemporaryFile() if s3 else fs.open(f"{path}.partial", "wb") as raw:
-        tally = _Tally(raw)
-        if tar is None:
-            tar_index = write_tar(samples, tally)
-        else:
-            tally.write(tar)
-        if s3:
-            fs.pipe_file(tar_index_name(path), tar_index)
-            raw.seek(0)
-            with fs.open(path, "wb") as out:
-                shutil.copyfileobj(raw, out, COPY_BYTES)
+    try:
+        with tempfile.TemporaryFile() if s3 else fs.open(f"{path}.partial", "wb") as raw:
+            tally = _Tally(raw)
+            if tar is None:
+                tar_index = write_tar(samples, tally)
+            else:
+                tally.write(tar)
+            if s3:
+                fs.pipe_file(tar_index_name(path), tar_index)
+                raw.seek(0)
+                with fs.open(path, "wb") as out:
+                    shutil.copyfileobj(raw, out, COPY_BYTES)
+    except BaseException:
+        if not s3 and fs.exists(f"{path}.partial"):
+            fs.rm(f"{path}.partial")
+        raise
     if not s3:
         fs.pipe_file(f"{tar_index_name(path)}.partial", tar_index)
         fs.mv(f"{tar_index_name(path)}.partial", tar_index_name(path))
