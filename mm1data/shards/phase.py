@@ -289,7 +289,6 @@ class WritePhase(Phase):
 
     def __init__(self, cfg: BuildConfig, tok: TextTokenizer) -> None:
         self.cfg, self.tok = cfg, tok
-        self._sorted: list = []  # refs of the sorted shard rows, from run to finish
 
     def fingerprint(self) -> Any:
         return [to_dict(self.cfg), self.tok.manifest()]
@@ -326,8 +325,8 @@ class WritePhase(Phase):
         summary = plan_summary(sums, cfg)
         n_parts = info.get("partitions", 1)
         header = manifest_header(cfg, self.tok, summary, n_parts)
-        self._sorted = sorted_tables(shards, resumed.get("shards", 0), n_parts)  # (refs, for finish)
-        totals = manifest_totals(self._sorted, header, summary["attainable_fill"])
+        ordered = sorted_tables(shards, resumed.get("shards", 0), n_parts)
+        totals = manifest_totals(ordered, header, summary["attainable_fill"])
         _drop_stale_shards(ctx.root, shards)
         ctx.info["write"] = {
             "header": header.to_json(),
@@ -341,7 +340,9 @@ class WritePhase(Phase):
         """The ``.nv-meta`` files Energon reads, then ``manifest.json``: the last file of a build."""
         info = ctx.info["write"]
         header = Header.from_json(info["header"])
-        publish_manifest(ctx.root, header, self._sorted, info["totals"]["attainable_fill"])
+        # (from the phase's output: on a resumed build, run() did not run in this session)
+        ordered = sorted_tables(data.kept("shards"), info["totals"]["shards"], header.partitions)
+        publish_manifest(ctx.root, header, ordered, info["totals"]["attainable_fill"])
 
 
 ORDER = ["shard_part", "shard_index"]
