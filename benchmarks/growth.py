@@ -397,7 +397,7 @@ def child_global(n: int, out: Path) -> dict:
     from mm1data.config import BuildConfig
     from mm1data.dedup import phases as dp
     from mm1data.pack.phase import EXAMPLES_PER_PARTITION, plan_partition
-    from mm1data.runners.executor import write_rejects
+    from mm1data.runners.executor import resident_mib, write_rejects
     from mm1data.runners.ray_session import ray_session
     from mm1data.runners.shuffle import RayDatasets, cogroup, partitions_for
     from mm1data.shards.format import Header, Mix, Tokenizer
@@ -418,7 +418,7 @@ def child_global(n: int, out: Path) -> dict:
         placed = cogroup({"m": meta}, {"m": "key_hash"}, parts, plan_partition, (cfg, parts))
         placed.write_parquet(str(out / "placements"))
         timings["plan+pack"] = time.perf_counter() - t
-        rss["plan+pack"] = _rss_mib()
+        rss["plan+pack"] = resident_mib()
 
         t = time.perf_counter()
         edges = eng.keep(base.map_batches(_edges_block, fn_args=(n,), batch_format="numpy", batch_size=None))
@@ -439,13 +439,13 @@ def child_global(n: int, out: Path) -> dict:
         removals = cogroup({"m": info}, {"m": "comp"}, p, dp.survivors, schemas={"m": dp.MEMBER_INFO})
         n_removed = eng.count(removals)
         timings["dedup components"] = time.perf_counter() - t
-        rss["dedup components"] = _rss_mib()
+        rss["dedup components"] = resident_mib()
 
         t = time.perf_counter()
         rejects = base.map_batches(_rejects_block, batch_format="numpy", batch_size=None)
         write_rejects([rejects], str(out / "rejects"), n)
         timings["rejects"] = time.perf_counter() - t
-        rss["rejects"] = _rss_mib()
+        rss["rejects"] = resident_mib()
 
         t = time.perf_counter()
         shards = base.limit(max(1, n // 100)).map_batches(
@@ -467,7 +467,7 @@ def child_global(n: int, out: Path) -> dict:
         refs = sorted_tables(shards, max(1, n // 100), header.partitions)
         publish_manifest(str(out / "dataset"), header, refs, None)
         timings["manifest"] = time.perf_counter() - t
-        rss["manifest"] = _rss_mib()
+        rss["manifest"] = resident_mib()
     return {
         "timings": timings,
         "edges": n_edges,
@@ -475,11 +475,6 @@ def child_global(n: int, out: Path) -> dict:
         "plan_partitions": parts,
         "driver_rss": rss,
     }
-
-
-def _rss_mib() -> float:
-    with open("/proc/self/status") as f:
-        return int(f.read().split("VmRSS:")[1].split()[0]) / 1024
 
 
 def tier_b(sizes: list[int], work: Path) -> None:

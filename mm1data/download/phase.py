@@ -28,7 +28,6 @@ the same input gives the same records whatever order responses arrive in.
 
 from __future__ import annotations
 
-import functools
 import math
 from typing import Any
 
@@ -46,6 +45,7 @@ from mm1data.ingest.synthetic import (
     unmatched_lines,
 )
 from mm1data.runners.executor import Context, Data, Output, Phase, stream_output
+from mm1data.runners.ray_session import remote_task
 from mm1data.runners.shuffle import cogroup, hash64, join_indices, partitions_for, sum_counts
 from mm1data.runners.workdir import read_files
 from mm1data.schemas import CAPTION_PAIR, IMAGE_FIELDS, INTERLEAVED_DOC, ITEM, REJECT_INFO
@@ -575,12 +575,8 @@ def _cut(table: pa.Table, pieces: int) -> tuple[pa.Table, ...]:
     return tuple(table.slice(a, b - a) for a, b in zip(bounds[:-1], bounds[1:], strict=True))
 
 
-@functools.cache
-def _task(fn):
-    import ray
-
-    return ray.remote(num_cpus=0.1)(fn)
-
+LIGHT_CPUS = 0.1
+"""CPUs of the small tasks that count, cut and concatenate fetch blocks."""
 
 FETCHES_IN_FLIGHT = 512
 """Fetch tasks submitted and not yet finished, at most (the driver holds a bounded number of task
@@ -600,15 +596,17 @@ def fetch_blocks(ds, rows_per_task: int, fetch: Any, args: tuple) -> list:
     import ray
 
     refs = ds.to_arrow_refs()
-    rows = ray.get([_task(_num_rows).remote(r) for r in refs])
+    rows = ray.get([remote_task(_num_rows, LIGHT_CPUS).remote(r) for r in refs])
     merged: list = []
     pending: list[tuple[Any, int]] = []  # (merged ref, its fetch tasks), oldest first
     for ref, n in zip(refs, rows, strict=True):
         pieces = math.ceil(n / rows_per_task)
         if pieces == 0:
             continue
-        blocks = [ref] if pieces == 1 else _task(_cut).options(num_returns=pieces).remote(ref, pieces)
-        merged.append(_task(_concat).remote(*(fetch.remote(b, *args) for b in blocks)))
+        blocks = (
+            [ref] if pieces == 1 else remote_task(_cut, 0.1).options(num_returns=pieces).remote(ref, pieces)
+        )
+        merged.append(remote_task(_concat, 0.1).remote(*(fetch.remote(b, *args) for b in blocks)))
         pending.append((merged[-1], pieces))
         while sum(p for _, p in pending) > FETCHES_IN_FLIGHT and len(pending) > 1:
             ray.wait([pending.pop(0)[0]], fetch_local=False)

@@ -399,8 +399,8 @@ class Executor:
         """Run ``phases`` in order (fingerprints chained from ``base``); returns the result after
         writing rejects, ``stats.json`` (``amend(stats, data)`` may add to it) and calling every
         phase's :meth:`Phase.finish`."""
-        from mm1data.runners.ray_session import ray_session
-        from mm1data.runners.shuffle import release_memory, shuffle_files
+        from mm1data.runners.ray_session import ray_session, release_memory
+        from mm1data.runners.shuffle import shuffle_files
 
         phases = list(phases)
         t0 = time.perf_counter()

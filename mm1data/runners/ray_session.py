@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import socket
@@ -39,6 +40,22 @@ def use_arrow_pool() -> None:
     os.environ.update(WORKER_ENV)
     if pa.default_memory_pool().backend_name != ARROW_POOL:
         pa.set_memory_pool(pa.system_memory_pool())
+
+
+def release_memory() -> None:
+    """Give freed memory back to the system at the end of a task (under :data:`ARROW_POOL` this is
+    ``malloc_trim``), so a reused worker starts its next task small."""
+    import pyarrow as pa
+
+    pa.default_memory_pool().release_unused()
+
+
+@functools.cache
+def remote_task(fn, num_cpus: float = 1):
+    """``fn`` as a Ray remote function holding ``num_cpus`` (made once per process)."""
+    import ray
+
+    return ray.remote(num_cpus=num_cpus)(fn)
 
 
 def configure_data_context(quiet: bool = True) -> None:

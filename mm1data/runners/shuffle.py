@@ -42,6 +42,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from mm1data.runners.ray_session import release_memory, remote_task
+
 PartitionFn = Callable[..., pa.Table]
 _ROOTS: list[str] = []  # the shuffle folder of the run in progress (innermost last)
 
@@ -148,12 +150,6 @@ def _write_pieces(table: pa.Table, key: str, partitions: int, folder: str) -> pa
     return pa.table({"rows": pa.array([n], pa.int64())})
 
 
-def release_memory() -> None:
-    """Give freed memory back to the system at the end of a task (with the system allocator this
-    is ``malloc_trim``), so a reused worker starts its next task small."""
-    pa.default_memory_pool().release_unused()
-
-
 def _read_pieces(folder: str, partition: int, partitions: int) -> Iterator[pa.Table]:
     """Reduce side: this partition's piece of every file under ``folder`` (in name order)."""
     from mm1data.io.fs import fsspec_fs
@@ -255,7 +251,7 @@ def cogroup(
     if partitions <= 1:
         refs = [inputs[n].to_arrow_refs() for n in names]
         counts = [len(r) for r in refs]
-        out = _single_task().remote(fn, names, arrow_schemas, counts, args, *sum(refs, []))
+        out = remote_task(_single).remote(fn, names, arrow_schemas, counts, args, *sum(refs, []))
         return ray.data.from_arrow_refs([out])
     root = f"{_ROOTS[-1] if _ROOTS else _temporary_root()}/{uuid.uuid4().hex}"
     folders = [f"{root}/{i}" for i in range(len(names))]
@@ -281,13 +277,6 @@ def _single(fn, names, schemas, counts, args, *blocks) -> pa.Table:
         tables.append(list(blocks[at : at + c]))
         at += c
     return _call(fn, names, schemas, tables, args)
-
-
-@functools.cache
-def _single_task():
-    import ray
-
-    return ray.remote(_single)
 
 
 def sum_counts(ds, key: str = "key", value: str = "n") -> dict[str, int]:

@@ -23,6 +23,7 @@ from typing import Any
 import pyarrow as pa
 
 from mm1data.io.fs import fsspec_fs
+from mm1data.runners.ray_session import release_memory
 
 MARKER = "_SUCCESS"
 
@@ -187,7 +188,7 @@ def write_block(table: pa.Table, url: str, count: Callable[..., pa.Table], args:
         fs, path = fsspec_fs(f"{url}/{name}.parquet")
         put_whole(fs, path, data)
         del data, buf
-        pa.default_memory_pool().release_unused()  # the file's buffer, before the task's next block
+        release_memory()  # the file's buffer, before the task's next block
     return count(table, *args)
 
 

@@ -16,7 +16,6 @@ the manifest is streamed (never held whole by the driver) and published last.
 
 from __future__ import annotations
 
-import functools
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -31,6 +30,7 @@ from mm1data.io.fs import fsspec_fs
 from mm1data.pack.mix import mix_group, parse_mix
 from mm1data.pack.phase import PLACEMENT, plan_summary
 from mm1data.runners.executor import Context, Data, Output, Phase, sum_counts
+from mm1data.runners.ray_session import remote_task
 from mm1data.runners.shuffle import cogroup, join_indices, mix64, partitions_for
 from mm1data.runners.workdir import WorkDir
 from mm1data.schemas import subschema
@@ -178,7 +178,7 @@ def sorted_tables(ds, rows: int, parts: int) -> list:
     Many rows are cut into contiguous ranges of plan partitions by a cogroup, each range sorted in
     its own task. The driver holds refs (one per range), never rows."""
     if rows <= LOCAL_SORT_ROWS:
-        return [_remote(_sorted_concat).remote(*ds.to_arrow_refs())]
+        return [remote_task(_sorted_concat).remote(*ds.to_arrow_refs())]
     ranges = min(max(1, parts), partitions_for(rows, LOCAL_SORT_ROWS))
     keyed = ds.map_batches(_with_range, fn_args=(ranges, parts), batch_format="pyarrow")
     return cogroup({"s": keyed}, {"s": "_range"}, ranges, _sorted_range).to_arrow_refs()
@@ -199,7 +199,7 @@ def manifest_totals(refs: list, header: Header, attainable_fill: float | None) -
     counted in one task."""
     import ray
 
-    return ray.get(_remote(_totals).remote(refs, header, attainable_fill))
+    return ray.get(remote_task(_totals).remote(refs, header, attainable_fill))
 
 
 def publish_manifest(root: str, header: Header, refs: list, attainable_fill: float | None) -> None:
@@ -208,7 +208,7 @@ def publish_manifest(root: str, header: Header, refs: list, attainable_fill: flo
     by one task."""
     import ray
 
-    ray.get(_remote(_publish).remote(root, header, refs, attainable_fill))
+    ray.get(remote_task(_publish).remote(root, header, refs, attainable_fill))
 
 
 def _totals(refs: list, header: Header, attainable_fill: float | None) -> Totals:
@@ -220,13 +220,6 @@ def _totals(refs: list, header: Header, attainable_fill: float | None) -> Totals
 
 def _publish(root: str, header: Header, refs: list, attainable_fill: float | None) -> None:
     finish_dataset(root, header, entries(sorted_rows(refs), header.mix.target), attainable_fill)
-
-
-@functools.cache
-def _remote(fn):
-    import ray
-
-    return ray.remote(fn)
 
 
 def _sorted_concat(*tables: pa.Table) -> pa.Table:
