@@ -6,9 +6,9 @@ concurrently (the client bounds requests per task and per host). Each body goes 
 image decode (:func:`mm1data.ingest.base.describe_image`: validity, size, perceptual hashes, and
 the square render of ``mm1data download --image-size`` from the same decode). Results, image bytes
 included, stream into checkpoint parts (:class:`PartWriter`, Parquet named by the hash of their
-rows) every ``download.checkpoint_rows`` results or ``download.checkpoint_s`` seconds, so a killed
-run loses at most the requests in flight; the task returns the results without the bytes (it holds
-them only until their part is written).
+rows, in one folder per plan partition) every ``download.checkpoint_rows`` results or
+``download.checkpoint_s`` seconds, so a killed run loses at most the requests in flight; the task
+returns the results without the bytes (it holds them only until their part is written).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from mm1data.config import DownloadConfig, IngestConfig
 from mm1data.download.client import Client, Fetched
 from mm1data.ingest.base import BadImage, Render, describe_image
 from mm1data.io.fs import fsspec_fs
+from mm1data.runners.shuffle import partition_of
 from mm1data.runners.workdir import parquet_options, put_whole
 from mm1data.schemas import IMAGE_FIELDS
 
@@ -143,13 +144,22 @@ class PartWriter:
 
 
 def fetch_block(
-    todo: pa.Table, cfg: DownloadConfig, ingest: IngestConfig, render: Render | None, parts_url: str
+    todo: pa.Table,
+    cfg: DownloadConfig,
+    ingest: IngestConfig,
+    render: Render | None,
+    parts_url: str,
+    partitions: int = 1,
 ) -> pa.Table:
     """Ray task: fetch every URL of a :data:`TODO` block, checkpoint the results under
-    ``parts_url``, return them as :data:`URL_ROW` rows (without the image bytes)."""
+    ``parts_url`` in the folder of the block's plan partition (of ``partitions``; so a folder holds
+    about one partition's parts and readers list folders, not parts), return them as
+    :data:`URL_ROW` rows (without the image bytes)."""
     if todo.num_rows == 0:
         return URL_ROW.empty_table()
-    writer = PartWriter(parts_url, cfg.checkpoint_rows, cfg.checkpoint_s)
+    first = todo.column("k").slice(0, 1).to_numpy()
+    folder = f"{parts_url.rstrip('/')}/p{partitions}-{int(partition_of(first, partitions)[0]):06d}"
+    writer = PartWriter(folder, cfg.checkpoint_rows, cfg.checkpoint_s)
     md5 = cfg.hash_col is not None and cfg.hash_type == "md5"
     keys, urls, rounds = (todo.column(c).to_pylist() for c in ("k", "url", "round"))
 

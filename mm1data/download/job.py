@@ -262,7 +262,7 @@ class ShardsPhase(Phase):
         )
         if self.results is not None:
             rows = rows.materialize()  # (no bytes: used twice)
-            results, _ = read_parts(ctx.work.url(*self.results), FILL_COLUMNS, FILL_RESULT)
+            results = read_parts(ctx.work.url(*self.results), FILL_COLUMNS, FILL_RESULT)
             kept = cogroup(
                 {"rows": rows.map_batches(_with_url_key, batch_format="pyarrow"), "results": results},
                 {"rows": "k", "results": "k"},

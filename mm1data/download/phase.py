@@ -8,7 +8,8 @@ keys with a pure, vectorized partition function, its partitions sized from row (
 counts; the driver holds counts only.
 
 1. **plan** (cogroup by URL key): the references of both streams meet the earlier results in the
-   checkpoint (``_work/download/results/<variant>/part-*.parquet``, image bytes included, kept when
+   checkpoint (``_work/download/results/<variant>/p<P>-<partition>/part-*.parquet``: one folder per
+   plan partition of each run, so readers list folders, not parts; image bytes included, kept when
    the phase restarts). Per distinct URL: no result → fetch (round 0); a retryable failure and
    ``retry_failed`` → fetch again (round + 1); else reuse.
 2. **fetch** (:func:`~mm1data.download.fetch.fetch_block`, one task per ``urls_per_task`` URLs):
@@ -29,6 +30,7 @@ the same input gives the same records whatever order responses arrive in.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -613,24 +615,43 @@ def fetch_blocks(ds, rows_per_task: int, fetch: Any, args: tuple) -> list:
     return merged
 
 
-def read_parts(url: str, columns: list[str] | None, schema: pa.Schema):
-    """The checkpointed results under ``url`` (only ``columns``) as a Ray dataset: one read task
-    per part; an empty dataset of ``schema`` when there is none."""
-    import ray.data
-
+def part_folders(url: str) -> list[str]:
+    """The folders of checkpoint parts under ``url`` (one per plan partition of each run), in name
+    order, and ``url`` itself when parts lie directly in it (the layout before folders)."""
     from mm1data.io.fs import fsspec_fs
 
     fs, path = fsspec_fs(url)
-    files = (
-        sorted(p for p in fs.ls(path, detail=False) if p.rsplit("/", 1)[-1].startswith("part-"))
-        if fs.exists(path)
-        else []
-    )
-    if not files:
-        return ray.data.from_arrow(schema.empty_table()), 0
-    urls = [f"{url.rstrip('/')}/{p.rsplit('/', 1)[-1]}" for p in files]
-    ds = ray.data.from_items([{"path": u} for u in urls], override_num_blocks=len(urls))
-    return ds.map_batches(read_files, fn_args=(columns,), batch_size=1, batch_format="pyarrow"), len(files)
+    entries = fs.ls(path, detail=True) if fs.exists(path) else []
+    kinds = {e["name"].rstrip("/").rsplit("/", 1)[-1]: e["type"] for e in entries}
+    root = url.rstrip("/")
+    folders = [f"{root}/{n}" for n, kind in sorted(kinds.items()) if kind == "directory"]
+    flat = any(n.startswith("part-") and kind != "directory" for n, kind in kinds.items())
+    return folders + [root] if flat else folders
+
+
+def read_parts(url: str, columns: list[str] | None, schema: pa.Schema):
+    """The checkpointed results under ``url`` (only ``columns``) as a Ray dataset: one read task per
+    folder of :func:`part_folders` (the driver lists folders, never parts); an empty dataset of
+    ``schema`` when there is none."""
+    import ray.data
+
+    folders = part_folders(url)
+    if not folders:
+        return ray.data.from_arrow(schema.empty_table())
+    ds = ray.data.from_items([{"path": f} for f in folders], override_num_blocks=len(folders))
+    return ds.map_batches(read_folders, fn_args=(columns,), batch_size=1, batch_format="pyarrow")
+
+
+def read_folders(batch: pa.Table, columns: list[str] | None) -> Iterator[pa.Table]:
+    """Ray Data UDF: the rows of the ``part-*`` files in each folder named in ``batch`` (in name
+    order), a row group at a time."""
+    from mm1data.io.fs import fsspec_fs
+
+    for url in batch.column("path").to_pylist():
+        fs, path = fsspec_fs(url)
+        names = (p.rsplit("/", 1)[-1] for p in fs.ls(path, detail=False))
+        parts = sorted(n for n in names if n.startswith("part-"))
+        yield from read_files(pa.table({"path": [f"{url}/{p}" for p in parts]}), columns)
 
 
 def _map(ds, fn, *args: Any):
@@ -711,14 +732,15 @@ class DownloadPhase(Phase):
             refs.append(_map(docs, item_source_refs))
         refs_ds = (_union(refs) if refs else ray.data.from_arrow(REF.empty_table())).materialize()
         n_refs = refs_ds.count()  # (materialized: from block metadata, no job)
-        stored, _ = read_parts(parts_url, STORED.names, STORED)
+        stored = read_parts(parts_url, STORED.names, STORED)
         stored = stored.materialize()
         n_stored = stored.count()
         need_md5 = cfg.hash_col is not None and cfg.hash_type == "md5"
+        plan_parts = partitions_for(n_refs + n_stored, cfg.rows_per_partition)
         plan = cogroup(
             {"refs": refs_ds, "stored": stored},
             {"refs": "k", "stored": "k"},
-            partitions_for(n_refs + n_stored, cfg.rows_per_partition),
+            plan_parts,
             plan_urls,
             (cfg.retry_failed, need_md5),
             {"refs": REF, "stored": STORED},
@@ -728,7 +750,7 @@ class DownloadPhase(Phase):
         # (plain tasks, not a Ray Data map: its resource budget shares the CPUs among the
         # operators of the plan and ran one fetch task at a time on two CPUs)
         fetch = ray.remote(fetch_block).options(num_cpus=cfg.task_cpus)
-        args = (cfg, self.ingest, self.render, parts_url)
+        args = (cfg, self.ingest, self.render, parts_url, plan_parts)
         done = fetch_blocks(_map(plan, _is_todo), cfg.urls_per_task, fetch, args)
         fetched = ray.data.from_arrow_refs(done) if done else ray.data.from_arrow(URL_ROW.empty_table())
         urls = _map(plan, _is_reused).union(fetched).materialize()
@@ -749,8 +771,8 @@ class DownloadPhase(Phase):
         ctx.info[self.name] = stats
 
         # 4. fill (lazy): records meet their URLs' results
-        results, _ = read_parts(parts_url, FILL_COLUMNS, FILL_RESULT)
-        slim, _ = read_parts(parts_url, SLIM_RESULT.names, SLIM_RESULT)
+        results = read_parts(parts_url, FILL_COLUMNS, FILL_RESULT)
+        slim = read_parts(parts_url, SLIM_RESULT.names, SLIM_RESULT)
         fill_parts = max(
             partitions_for(n_refs + n_urls, cfg.rows_per_partition),
             partitions_for(stats["image_bytes"], cfg.bytes_per_partition),

@@ -73,12 +73,12 @@ def test_killed_download_resumes_without_refetching_and_writes_the_same_bytes(
     while time.time() < deadline and not (
         sum(server.served.values()) == 15
         and parts.is_dir()
-        and len(list(parts.glob("part-*"))) == 15
+        and len(list(parts.rglob("part-*"))) == 15
         and sum(server.received.values()) > 15
     ):
         assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
         time.sleep(0.2)
-    assert len(list(parts.glob("part-*"))) == 15, "the killed run never got 15 results checkpointed"
+    assert len(list(parts.rglob("part-*"))) == 15, "the killed run never got 15 results checkpointed"
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(30)
     assert sum(server.received.values()) > 15  # requests were in flight (held) when it died

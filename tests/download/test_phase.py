@@ -144,3 +144,21 @@ def test_fetch_blocks_covers_every_row_with_bounded_tasks_in_flight(ray_local, m
     assert rows.column("k").to_pylist() == list(range(60))
     sizes = Counter(rows.column("task").to_pylist())
     assert max(sizes.values()) <= 10 and len(sizes) == 3 + 4  # ceil(25/10) + ceil(35/10) tasks
+
+
+def test_read_parts_reads_every_folder_and_parts_of_the_flat_layout(ray_local, tmp_path):
+    """Results are read one task per partition folder (the driver lists folders, not parts); parts
+    directly under the results folder (the layout before folders) are read too."""
+    from mm1data.download import phase
+
+    for folder, parts in {"p2-000000": [[1, 2], [3]], "p2-000001": [[4]], "": [[5, 6]]}.items():
+        (tmp_path / folder).mkdir(exist_ok=True)
+        for i, ks in enumerate(parts):
+            pq.write_table(pa.table({"k": ks}), tmp_path / folder / f"part-{i}.parquet")
+    (tmp_path / "p2-000001" / "notes.txt").write_text("not a part")
+    root = str(tmp_path)
+    assert phase.part_folders(root) == [f"{root}/p2-000000", f"{root}/p2-000001", root]
+    schema = pa.schema([("k", pa.int64())])
+    assert sorted(r["k"] for r in phase.read_parts(root, ["k"], schema).take_all()) == [1, 2, 3, 4, 5, 6]
+    assert phase.part_folders(str(tmp_path / "none")) == []
+    assert phase.read_parts(str(tmp_path / "none"), ["k"], schema).count() == 0
