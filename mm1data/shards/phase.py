@@ -117,6 +117,23 @@ def mix_weights(rows: list[dict], target: dict[str, float], unit: str) -> dict[s
     return w
 
 
+TAKE_ROWS = 256
+"""Rows of a shard's payload taken (copied in sorted order) at a time, in whole sequences: a
+write task holds its partition's rows and one such chunk, not a sorted copy of a whole shard."""
+
+
+def _sequence_chunks(t: pa.Table, rows: pa.Array, seqs: np.ndarray) -> Iterator[pa.Table]:
+    """The rows ``rows`` of ``t`` (whose sequence numbers are ``seqs``), about :data:`TAKE_ROWS` at
+    a time, cut between sequences."""
+    starts = np.flatnonzero(np.r_[True, seqs[1:] != seqs[:-1]])
+    cuts = [0]
+    for start in starts[1:].tolist():
+        if start - cuts[-1] >= TAKE_ROWS:
+            cuts.append(start)
+    for a, b in zip(cuts, [*cuts[1:], len(seqs)], strict=True):
+        yield t.take(rows.slice(a, b - a))
+
+
 def write_shards(
     parts: dict[str, pa.Table], root: str, cfg: BuildConfig, pad_id: int, plan_fp: str
 ) -> pa.Table:
@@ -141,9 +158,14 @@ def write_shards(
             if fs.exists(f"{path}/{name}") and fs.size(f"{path}/{name}") == marker["bytes"]:
                 out.append({**{k: v for k, v in marker.items() if k != "fingerprint"}, "resumed": True})
                 continue
-        shard = t.take(order.slice(s, e - s))  # one shard at a time, sorted by (seq, slot)
-        size, sha256 = write_shard(root, name, shard_samples(shard, p, i, cfg.seq_len, pad_id, slot_len))
-        light = shard.select(["seq", "slot", "stream", "n_tokens", "n_images", "shard_full"])
+        rows = order.slice(s, e - s)  # this shard's rows, sorted by (seq, slot)
+        light = t.select(["seq", "slot", "stream", "n_tokens", "n_images", "shard_full"]).take(rows)
+        samples = (
+            sample
+            for chunk in _sequence_chunks(t, rows, light.column("seq").to_numpy())
+            for sample in shard_samples(chunk, p, i, cfg.seq_len, pad_id, slot_len)
+        )
+        size, sha256 = write_shard(root, name, samples)
         counts = shard_counts(light)
         row = {
             "shard_part": p,

@@ -29,3 +29,19 @@ def test_sorted_rows_streams_shard_rows_in_manifest_order(ray_local, n):
     assert [(r["shard_part"], r["shard_index"], r["path"]) for r in rows] == list(
         zip(*expected.to_pydict().values(), strict=True)
     )
+
+
+def test_sequence_chunks_take_whole_sequences_in_order(monkeypatch):
+    """A shard's rows are copied in sorted order a few sequences at a time, never splitting one."""
+    from mm1data.shards import phase
+
+    monkeypatch.setattr(phase, "TAKE_ROWS", 5)
+    seqs = np.repeat(np.arange(8), [3, 1, 4, 2, 6, 1, 1, 2])  # 20 rows, sorted by sequence
+    t = pa.chunked_array([np.arange(10)[::-1], np.arange(10, 20)[::-1]])  # rows stored unsorted
+    t = pa.table({"row": t})
+    rows = pa.array(np.r_[np.arange(10)[::-1], np.arange(10, 20)[::-1]].astype(np.uint64))
+    chunks = list(phase._sequence_chunks(t, rows, seqs))
+    assert pa.concat_tables(chunks).column("row").to_pylist() == list(range(20))
+    bounds = np.cumsum([0] + [c.num_rows for c in chunks])
+    assert all(seqs[b - 1] != seqs[b] for b in bounds[1:-1])  # cut between sequences only
+    assert len(chunks) > 1 and all(c.num_rows >= 5 for c in chunks[:-1])
