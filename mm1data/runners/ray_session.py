@@ -25,21 +25,47 @@ has run: at 100k records (tier A, tokenize phase rerun alone) the largest worker
 with mimalloc and 535 MiB with the system allocator."""
 
 
-WORKER_ENV = {"ARROW_DEFAULT_MEMORY_POOL": ARROW_POOL, "MALLOC_MMAP_THRESHOLD_": str(1 << 20)}
-"""Environment of every process mm1data starts. A fixed 1 MiB mmap threshold keeps glibc from
-raising it after each freed buffer and then carving later buffers out of a heap it cannot give
-back: a process streaming 80 MB of Parquet row groups grew 59 MiB more than one streaming 10 MB
-without it, 5 MiB with it (``tests/ingest/test_captions.py``)."""
+MMAP_THRESHOLD = 1 << 20
+"""glibc's mmap threshold in every mm1data process, fixed. Left dynamic, glibc raises it after each
+freed buffer and then carves later buffers out of a heap it cannot give back: a process streaming
+80 MB of Parquet row groups grew 59 MiB more than one streaming 10 MB without it, 5 MiB with it
+(``tests/ingest/test_captions.py``)."""
+
+MALLOC_ARENAS = 2
+"""glibc malloc arenas per process. Ray's many native threads each get an arena by default (up
+to 8 per core), and freed memory scattered over them is not given back."""
+
+WORKER_ENV = {
+    "ARROW_DEFAULT_MEMORY_POOL": ARROW_POOL,
+    "MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD),
+    "MALLOC_ARENA_MAX": str(MALLOC_ARENAS),
+}
+"""Environment of every process mm1data starts (glibc reads its variables when a process starts)."""
 
 
 def use_arrow_pool() -> None:
-    """Make :data:`ARROW_POOL` Arrow's allocator in this process and set :data:`WORKER_ENV` for
-    the processes it starts (glibc reads its variable when a process starts)."""
+    """Make :data:`ARROW_POOL` Arrow's allocator in this process, give it the malloc settings of
+    :data:`WORKER_ENV` (through ``mallopt``: it started before they were set) and set
+    :data:`WORKER_ENV` for the processes it starts."""
     import pyarrow as pa
 
     os.environ.update(WORKER_ENV)
     if pa.default_memory_pool().backend_name != ARROW_POOL:
         pa.set_memory_pool(pa.system_memory_pool())
+    _tune_malloc()
+
+
+@functools.cache
+def _tune_malloc() -> None:
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc: nothing to tune
+        return
+    m_mmap_threshold, m_arena_max = -3, -8  # (malloc.h)
+    libc.mallopt(m_mmap_threshold, MMAP_THRESHOLD)
+    libc.mallopt(m_arena_max, MALLOC_ARENAS)
 
 
 def release_memory() -> None:

@@ -32,6 +32,7 @@ import pyarrow as pa
 from PIL import Image
 
 from mm1data.config import BuildConfig
+from mm1data.runners.ray_session import release_memory
 from mm1data.runners.shuffle import hash64
 from mm1data.schemas import LINEAGE, REJECT_INFO
 from mm1data.tokens.tokenizer import TextTokenizer
@@ -308,7 +309,9 @@ class Renderer:
 
 def render_batch(table: pa.Table, stream: str, cfg: BuildConfig, synthetic_ratio: float) -> pa.Table:
     """Ray Data UDF: kept records of ``stream`` → :data:`EXAMPLE` rows (tokenizer cached per worker)."""
-    return _renderer(cfg, synthetic_ratio)(table, stream)
+    out = _renderer(cfg, synthetic_ratio)(table, stream)
+    release_memory()
+    return out
 
 
 @lru_cache(maxsize=4)
