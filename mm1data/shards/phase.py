@@ -130,8 +130,25 @@ def _sequence_chunks(t: pa.Table, rows: pa.Array, seqs: np.ndarray) -> Iterator[
     for start in starts[1:].tolist():
         if start - cuts[-1] >= TAKE_ROWS:
             cuts.append(start)
+    batches = t.to_batches()
+    offsets = np.cumsum([0] + [len(b) for b in batches], dtype=np.int64)
+    order = rows.to_numpy().astype(np.int64)
     for a, b in zip(cuts, [*cuts[1:], len(seqs)], strict=True):
-        yield t.take(rows.slice(a, b - a))
+        yield _take(batches, offsets, order[a:b])
+
+
+def _take(batches: list[pa.RecordBatch], offsets: np.ndarray, rows: np.ndarray) -> pa.Table:
+    """Rows ``rows`` (indices over the concatenated ``batches``, which start at ``offsets``) in
+    that order. Each batch is taken from on its own: ``Table.take`` on a chunked list column
+    concatenates the whole column first, for every call."""
+    source = np.searchsorted(offsets, rows, side="right") - 1
+    pieces, positions = [], []
+    for s in np.unique(source).tolist():
+        at = np.flatnonzero(source == s)
+        pieces.append(batches[s].take(pa.array(rows[at] - offsets[s])))
+        positions.append(at)
+    taken = pa.Table.from_batches(pieces).combine_chunks()
+    return taken.take(pa.array(np.argsort(np.concatenate(positions), kind="stable")))
 
 
 def write_shards(
