@@ -43,10 +43,10 @@ WORKER_ENV = {
 """Environment of every process mm1data starts (glibc reads its variables when a process starts)."""
 
 
-def use_arrow_pool() -> None:
+def use_memory_settings() -> None:
     """Make :data:`ARROW_POOL` Arrow's allocator in this process, give it the malloc settings of
     :data:`WORKER_ENV` (through ``mallopt``: it started before they were set) and set
-    :data:`WORKER_ENV` for the processes it starts."""
+    :data:`WORKER_ENV` for the processes it starts (Ray's workers among them)."""
     import pyarrow as pa
 
     os.environ.update(WORKER_ENV)
@@ -136,7 +136,7 @@ def ray_session(
     # Ray starts workers at nice 15 (background work); here they are the job, so a local session
     # runs them at normal priority, like any other tool on a shared machine
     os.environ.setdefault("RAY_worker_niceness", "0")
-    use_arrow_pool()
+    use_memory_settings()
     if ray.is_initialized():
         configure_data_context(quiet)
         yield
