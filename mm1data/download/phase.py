@@ -605,10 +605,9 @@ def fetch_blocks(ds, rows_per_task: int, fetch: Any, args: tuple) -> list:
         pieces = math.ceil(n / rows_per_task)
         if pieces == 0:
             continue
-        blocks = (
-            [ref] if pieces == 1 else remote_task(_cut, 0.1).options(num_returns=pieces).remote(ref, pieces)
-        )
-        merged.append(remote_task(_concat, 0.1).remote(*(fetch.remote(b, *args) for b in blocks)))
+        cut = remote_task(_cut, LIGHT_CPUS).options(num_returns=pieces)
+        blocks = [ref] if pieces == 1 else cut.remote(ref, pieces)
+        merged.append(remote_task(_concat, LIGHT_CPUS).remote(*(fetch.remote(b, *args) for b in blocks)))
         pending.append((merged[-1], pieces))
         while sum(p for _, p in pending) > FETCHES_IN_FLIGHT and len(pending) > 1:
             ray.wait([pending.pop(0)[0]], fetch_local=False)
