@@ -30,6 +30,7 @@ and within +20 %; slope <= 1.1 per phase.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import math
 import os
@@ -409,13 +410,21 @@ def child_global(n: int, out: Path) -> dict:
     from mm1data.dedup import phases as dp
     from mm1data.pack.phase import EXAMPLES_PER_PARTITION, plan_partition
     from mm1data.runners.executor import resident_mib, write_rejects
-    from mm1data.runners.ray_session import ray_session
+    from mm1data.runners.ray_session import ray_session, release_memory
     from mm1data.runners.shuffle import RayDatasets, cogroup, partitions_for
     from mm1data.shards.format import Header, Mix, Tokenizer
     from mm1data.shards.phase import publish_manifest, sorted_tables
 
     timings: dict[str, float] = {}
     rss: dict[str, float] = {}
+
+    def done(step: str, t: float) -> None:
+        """Close a step as the executor closes a phase: collect, give freed memory back, measure."""
+        timings[step] = time.perf_counter() - t
+        gc.collect()
+        release_memory()
+        rss[step] = resident_mib()
+
     cfg = BuildConfig()
     eng = RayDatasets()
     blocks = max(2, n // 50_000)  # blocks of the same size at every n, as file-sized reads would give
@@ -428,8 +437,8 @@ def child_global(n: int, out: Path) -> dict:
         parts = partitions_for(n, EXAMPLES_PER_PARTITION)
         placed = cogroup({"m": meta}, {"m": "key_hash"}, parts, plan_partition, (cfg, parts))
         placed.write_parquet(str(out / "placements"))
-        timings["plan+pack"] = time.perf_counter() - t
-        rss["plan+pack"] = resident_mib()
+        del meta, placed
+        done("plan+pack", t)
 
         t = time.perf_counter()
         edges = eng.keep(base.map_batches(_edges_block, fn_args=(n,), batch_format="numpy", batch_size=None))
@@ -449,14 +458,14 @@ def child_global(n: int, out: Path) -> dict:
         )
         removals = cogroup({"m": info}, {"m": "comp"}, p, dp.survivors, schemas={"m": dp.MEMBER_INFO})
         n_removed = eng.count(removals)
-        timings["dedup components"] = time.perf_counter() - t
-        rss["dedup components"] = resident_mib()
+        del edges, labels, members, info, removals
+        done("dedup components", t)
 
         t = time.perf_counter()
         rejects = base.map_batches(_rejects_block, batch_format="numpy", batch_size=None)
         write_rejects([rejects], str(out / "rejects"), n)
-        timings["rejects"] = time.perf_counter() - t
-        rss["rejects"] = resident_mib()
+        del rejects
+        done("rejects", t)
 
         t = time.perf_counter()
         shards = base.limit(max(1, n // 100)).map_batches(
@@ -477,8 +486,7 @@ def child_global(n: int, out: Path) -> dict:
         )
         refs = sorted_tables(shards, max(1, n // 100), header.partitions)
         publish_manifest(str(out / "dataset"), header, refs, None)
-        timings["manifest"] = time.perf_counter() - t
-        rss["manifest"] = resident_mib()
+        done("manifest", t)
     return {
         "timings": timings,
         "edges": n_edges,

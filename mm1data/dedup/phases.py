@@ -346,8 +346,11 @@ def member_info(parts: dict[str, pa.Table]) -> pa.Table:
     labels, members, ends = parts["labels"], parts["members"], parts["ends"]
     if labels.num_rows == 0:
         return MEMBER_INFO.empty_table()
-    members = members.group_by("member", use_threads=False).aggregate(
-        [("name", "min"), ("rank", "min"), ("check", "min"), ("doc", "min")]
+    labelled = pc.is_in(members.column("member"), value_set=labels.column("member").combine_chunks())
+    members = (
+        members.filter(labelled)
+        .group_by("member", use_threads=False)
+        .aggregate([("name", "min"), ("rank", "min"), ("check", "min"), ("doc", "min")])
     )
     best = ends.group_by("member", use_threads=False).aggregate([("sim", "max")])
     li, mi = join_indices(labels.column("member"), members.column("member"))
@@ -664,6 +667,7 @@ class DedupPhase(Phase):
                 apply_partition,
                 (s,),
                 {"records": STREAM_SCHEMAS[s].append(pa.field("_m", pa.int64())), "removals": REMOVAL},
+                stream="records",
             )
         return out
 

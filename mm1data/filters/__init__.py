@@ -143,6 +143,7 @@ class CorpusPhase(Stage):
             apply_hits,
             (self.verdict,),
             {"records": schema.append(pa.field("_row", pa.int64())), "hits": HITS},
+            stream="records",
         )
 
     def __call__(self, table: pa.Table) -> pa.Table:

@@ -234,5 +234,6 @@ def join_synthetic(captions, lines, pair_rows: int, line_rows: int) -> tuple:
         p2,
         attach_captions,
         schemas={"pairs": CAPTION_PAIR.append(pa.field("_row", pa.int64())), "matches": MATCH},
+        stream="pairs",
     )
     return pairs, matched.map_batches(_verdicts_only, batch_format="pyarrow")

@@ -7,6 +7,7 @@ moto server) comes from ``--endpoint-url`` (the ``endpoint_url`` argument here),
 ``AWS_ENDPOINT_URL_S3``, else ``AWS_ENDPOINT_URL``.
 
 - :func:`fsspec_fs` gives an fsspec filesystem (s3fs for ``s3://``) and the path inside it;
+- :func:`is_local` tells a local disk from a remote store;
 - :func:`arrow_fs` gives a ``pyarrow.fs.FileSystem`` for Ray Data's ``filesystem=`` argument;
 - :func:`register_webdataset_s3` lets ``webdataset.WebDataset("s3://...")`` read through fsspec;
 - :func:`redact` masks credentials in any text (error messages, URLs) before it is shown.
@@ -52,6 +53,12 @@ def fsspec_fs(url: str, endpoint_url: str | None = None) -> tuple[fsspec.Abstrac
         return fs, url.split("://", 1)[1].rstrip("/")
     fs, path = fsspec.core.url_to_fs(url)
     return fs, path
+
+
+def is_local(fs: fsspec.AbstractFileSystem) -> bool:
+    """Whether ``fs`` is this machine's disk (fsspec's ``file`` protocol)."""
+    protocol = fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)
+    return "file" in protocol
 
 
 def arrow_fs(url: str, endpoint_url: str | None = None) -> tuple[Any, str]:

@@ -32,7 +32,9 @@ import atexit
 import contextlib
 import functools
 import hashlib
+import io
 import math
+import os
 import shutil
 import tempfile
 import uuid
@@ -109,62 +111,77 @@ def join_indices(
     return li[order], ri[order]
 
 
-def _ipc(table: pa.Table) -> bytes:
+def _ipc(table: pa.Table) -> pa.Buffer:
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, table.schema) as writer:
         writer.write_table(table)
-    return sink.getvalue().to_pybytes()
-
-
-def _from_ipc(data: bytes) -> pa.Table:
-    return pa.ipc.open_stream(pa.py_buffer(data)).read_all()
+    return sink.getvalue()
 
 
 def _write_pieces(table: pa.Table, key: str, partitions: int, folder: str) -> pa.Table:
     """Map task: write ``table``'s rows sorted by partition as one file under ``folder`` (pieces,
     then ``partitions + 1`` int64 offsets); returns its row count. The name starts with a hash of
-    the content, so files are listed in an order that does not depend on scheduling."""
+    the content, so files are listed in an order that does not depend on scheduling. On a local
+    disk the pieces go to the file one at a time (written beside, then renamed); an object store
+    gets the file in one PUT."""
+    from mm1data.io.fs import fsspec_fs, is_local
+    from mm1data.runners.workdir import put_whole
+
     n = table.num_rows
     if n:
         part = partition_of(table.column(key).to_numpy(), partitions)
         order = np.argsort(part, kind="stable")
         table = table.take(pa.array(order))
         bounds = np.r_[0, np.cumsum(np.bincount(part, minlength=partitions))]
-        offsets, chunks, at = np.zeros(partitions + 1, np.int64), [], 0
+        fs, base = fsspec_fs(folder)
+        local, partial = is_local(fs), f"{base}/{uuid.uuid4().hex}.partial"
+        if local:
+            fs.makedirs(base, exist_ok=True)
+        sink = open(partial, "wb") if local else io.BytesIO()  # noqa: SIM115 - closed below
+        digest, offsets, at = hashlib.blake2b(digest_size=12), np.zeros(partitions + 1, np.int64), 0
         for p in np.flatnonzero(np.diff(bounds)).tolist():
-            offsets[p] = at
-            chunks.append(_ipc(table.slice(bounds[p], bounds[p + 1] - bounds[p])))
-            at += len(chunks[-1])
+            piece = _ipc(table.slice(bounds[p], bounds[p + 1] - bounds[p]))
+            offsets[p], at = at, at + piece.size
             offsets[p + 1 :] = at
-        del table  # (the sorted copy, before the pieces are joined)
-        data = b"".join(chunks) + offsets.tobytes()
-        del chunks
-        name = f"{hashlib.blake2b(data, digest_size=12).hexdigest()}-{uuid.uuid4().hex[:8]}.pieces"
-        from mm1data.io.fs import fsspec_fs
-        from mm1data.runners.workdir import put_whole
-
-        fs, path = fsspec_fs(f"{folder}/{name}")
-        put_whole(fs, path, data)
-        del data
+            digest.update(piece)
+            sink.write(piece)
+            del piece
+        del table  # (the sorted copy)
+        digest.update(offsets.tobytes())
+        sink.write(offsets.tobytes())
+        path = f"{base}/{digest.hexdigest()}-{uuid.uuid4().hex[:8]}.pieces"
+        if local:
+            sink.close()
+            os.replace(partial, path)
+        else:
+            put_whole(fs, path, sink.getbuffer())
+        del sink
         release_memory()
     return pa.table({"rows": pa.array([n], pa.int64())})
 
 
 def _read_pieces(folder: str, partition: int, partitions: int) -> Iterator[pa.Table]:
-    """Reduce side: this partition's piece of every file under ``folder`` (in name order)."""
-    from mm1data.io.fs import fsspec_fs
+    """Reduce side: this partition's piece of every file under ``folder`` (in name order). On a
+    local disk a piece is memory-mapped, not read: its rows stay file pages the system can drop,
+    not the task's own memory."""
+    from mm1data.io.fs import fsspec_fs, is_local
 
     fs, path = fsspec_fs(folder)
     if not fs.exists(path):
         return
     files = fs.find(path, detail=True)
+    local = is_local(fs)
     for name in sorted(n for n in files if n.endswith(".pieces")):
-        with fs.open(name, "rb") as f:
+        f = pa.memory_map(name) if local else fs.open(name, "rb")
+        try:
             f.seek(files[name]["size"] - 8 * (partitions + 1) + 8 * partition)
             start, end = np.frombuffer(f.read(16), np.int64).tolist()
             if end > start:
                 f.seek(start)
-                yield _from_ipc(f.read(end - start))
+                data = f.read_buffer(end - start) if local else pa.py_buffer(f.read(end - start))
+                yield pa.ipc.open_stream(data).read_all()
+        finally:
+            f.close()  # (a memory map stays mapped while the table's buffers use it)
 
 
 def _reduce(
@@ -177,6 +194,44 @@ def _reduce(
     del tables
     release_memory()
     return out
+
+
+STREAM_BYTES = 16 * 1024**2
+"""Arrow bytes of the streamed input a reduce task hands ``fn`` at a time (see :func:`cogroup`)."""
+
+
+def _reduce_streaming(
+    batch: pa.Table,
+    folders: list[str],
+    fn: PartitionFn,
+    names,
+    schemas,
+    partitions,
+    args,
+    stream: str,
+    slice_bytes: int,
+) -> Iterator[pa.Table]:
+    """Reduce task of a cogroup with a streamed input: the other inputs' rows of this partition
+    whole, then ``fn`` over slices of about ``slice_bytes`` of the streamed input's rows."""
+    (partition,) = batch.column("id").to_pylist()
+    at = names.index(stream)
+    tables = [[] if i == at else list(_read_pieces(f, partition, partitions)) for i, f in enumerate(folders)]
+    pending: list[pa.Table] = []
+    size, calls = 0, 0
+    for piece in _read_pieces(folders[at], partition, partitions):
+        pending.append(piece)
+        size += piece.nbytes
+        if size >= slice_bytes:
+            tables[at] = pending
+            yield _call(fn, names, schemas, tables, args)
+            pending, size, calls = [], 0, calls + 1
+            tables[at] = pending
+            release_memory()
+    if pending or not calls:
+        tables[at] = pending
+        yield _call(fn, names, schemas, tables, args)
+    del tables, pending
+    release_memory()
 
 
 @contextlib.contextmanager
@@ -236,12 +291,18 @@ def cogroup(
     fn: PartitionFn,
     args: Sequence[Any] = (),
     schemas: dict[str, pa.Schema] | None = None,
+    stream: str | None = None,
 ):
     """Co-partition the Ray datasets ``inputs`` by their int64 column ``by[name]`` into
     ``partitions`` and return the Ray dataset of ``fn(parts, *args)`` over every partition.
 
     ``schemas`` gives an input's schema when it cannot be read from the dataset (for example a
-    dataset with no blocks); empty partitions of an input arrive as empty tables of that schema."""
+    dataset with no blocks); empty partitions of an input arrive as empty tables of that schema.
+
+    ``stream`` names an input that ``fn`` treats row by row: each output row comes from one row
+    of it, given the whole partition of the other inputs (a join that applies verdicts to records,
+    say). A reduce task then holds that input :data:`STREAM_BYTES` at a time, not its whole
+    partition, and calls ``fn`` once per slice: for inputs that carry payload (image bytes)."""
     import ray
     import ray.data
 
@@ -262,9 +323,10 @@ def cogroup(
         for i, n in enumerate(names)
     ]
     (written[0].union(*written[1:]) if len(written) > 1 else written[0]).materialize()  # map side done
+    reduce, extra = (_reduce, ()) if stream is None else (_reduce_streaming, (stream, STREAM_BYTES))
     return ray.data.range(partitions, override_num_blocks=partitions).map_batches(
-        _reduce,
-        fn_args=(folders, fn, names, arrow_schemas, partitions, args),
+        reduce,
+        fn_args=(folders, fn, names, arrow_schemas, partitions, args, *extra),
         batch_size=1,
         batch_format="pyarrow",
     )
@@ -314,9 +376,9 @@ class RayDatasets:
         """``fn(batch, *args)`` over every batch (lazy)."""
         return ds.map_batches(fn, fn_args=args, batch_format="pyarrow")
 
-    def cogroup(self, inputs, by, partitions, fn, args=(), schemas=None):
+    def cogroup(self, inputs, by, partitions, fn, args=(), schemas=None, stream=None):
         """:func:`cogroup` on Ray."""
-        return cogroup(inputs, by, partitions, fn, args, schemas)
+        return cogroup(inputs, by, partitions, fn, args, schemas, stream)
 
     def union(self, first, *rest):
         """All rows of the datasets."""
@@ -346,7 +408,7 @@ class LocalTables:
     def map(self, table, fn, *args):
         return fn(table, *args)
 
-    def cogroup(self, inputs, by, partitions, fn, args=(), schemas=None):
+    def cogroup(self, inputs, by, partitions, fn, args=(), schemas=None, stream=None):
         return cogroup_local(inputs, by, partitions if self.partitioned else 1, fn, args)
 
     def union(self, first, *rest):

@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pyarrow as pa
 
-from mm1data.io.fs import fsspec_fs
+from mm1data.io.fs import fsspec_fs, is_local
 from mm1data.runners.ray_session import release_memory
 
 MARKER = "_SUCCESS"
@@ -136,7 +138,7 @@ class WorkDir:
 def put_whole(fs: Any, path: str, data: bytes | memoryview) -> None:
     """Write ``data`` at ``path`` so that it appears whole or not at all: written beside and
     renamed on a local disk, one PUT on an object store."""
-    if "file" not in (fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,)):
+    if not is_local(fs):
         fs.pipe_file(path, bytes(data))
         return
     fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
@@ -176,20 +178,36 @@ def write_block(table: pa.Table, url: str, count: Callable[..., pa.Table], args:
     """Ray Data UDF: write one block as ``url/<hash of its bytes>.parquet`` (nothing for an empty
     block) and return ``count(block, *args)``. The name comes from the content, so a task Ray
     retries after a lost worker rewrites the same file instead of adding a second copy; the file
-    appears whole or not at all."""
+    appears whole or not at all. On a local disk the file is written beside and renamed, so the
+    task never holds its bytes; an object store gets it in one PUT."""
     import pyarrow.parquet as pq
 
     if table.num_rows:
-        buf = pa.BufferOutputStream()
         per_group = max(1, table.num_rows * ROW_GROUP_BYTES // max(1, table.nbytes))
-        pq.write_table(table, buf, row_group_size=per_group, **parquet_options(table.schema))
-        data = memoryview(buf.getvalue())  # no copy of the file's bytes
-        name = hashlib.blake2b(data, digest_size=16).hexdigest()
-        fs, path = fsspec_fs(f"{url}/{name}.parquet")
-        put_whole(fs, path, data)
-        del data, buf
-        release_memory()  # the file's buffer, before the task's next block
+        options = {"row_group_size": per_group, **parquet_options(table.schema)}
+        fs, folder = fsspec_fs(url)
+        if is_local(fs):
+            fs.makedirs(folder, exist_ok=True)
+            partial = f"{folder}/{uuid.uuid4().hex}.partial"
+            pq.write_table(table, partial, **options)
+            os.replace(partial, f"{folder}/{_file_digest(partial)}.parquet")
+        else:
+            buf = pa.BufferOutputStream()
+            pq.write_table(table, buf, **options)
+            data = memoryview(buf.getvalue())  # no copy of the file's bytes
+            put_whole(fs, f"{folder}/{hashlib.blake2b(data, digest_size=16).hexdigest()}.parquet", data)
+            del data, buf
+        release_memory()  # the writer's buffers, before the task's next block
     return count(table, *args)
+
+
+def _file_digest(path: str) -> str:
+    """The blake2b (16 bytes) of a local file's contents, read a MiB at a time."""
+    digest = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def read_files(batch: pa.Table, columns: list[str] | None) -> Iterator[pa.Table]:

@@ -343,6 +343,7 @@ class WritePhase(Phase):
             partitions_for(n_rows, nbytes=data.nbytes("examples") + placed_bytes),
             route,
             schemas={"ex": subschema(EXAMPLE, PAYLOAD), "pl": subschema(PLACEMENT, WHERE)},
+            stream="ex",
         )
         tasks = min(n_shards, partitions_for(0, nbytes=placed_bytes))
         shards = cogroup(
