@@ -13,9 +13,11 @@ Two executions, the same semantics:
 - ``partitions > 1``: a shuffle through files, as Spark and datatrove do it. A map task per input
   block sorts the block by partition and writes one file: the pieces (Arrow IPC streams) one after
   another, then their ``partitions + 1`` byte offsets. A reduce task per partition lists the
-  files and reads only its own piece of each (two range reads), then calls ``fn``. Memory per
-  task is about 1/partitions of the inputs (callers size ``partitions`` from row counts with
-  :func:`partitions_for`, so it grows with the data), and the driver holds no piece: a Ray shuffle
+  files and reads only its own piece of each (two range reads; memory-mapped on a local disk),
+  then calls ``fn``. Memory per task is about 1/partitions of the inputs (callers size
+  ``partitions`` from row counts with :func:`partitions_for`, so it grows with the data), less
+  for an input named ``stream`` (handed to ``fn`` a slice at a time), and the driver holds no
+  piece: a Ray shuffle
   keeps a reference and metadata per (block, partition) pair in the driver, blocks × partitions
   of them, and pieces under 100 KiB inline in its heap (2.4 GiB at 10M rows). The files live
   under :func:`shuffle_files`'s folder (the build's ``_work/_shuffle``, on S3 too) or a
@@ -225,7 +227,6 @@ def _reduce_streaming(
             tables[at] = pending
             yield _call(fn, names, schemas, tables, args)
             pending, size, calls = [], 0, calls + 1
-            tables[at] = pending
             release_memory()
     if pending or not calls:
         tables[at] = pending
