@@ -34,9 +34,7 @@ import atexit
 import contextlib
 import functools
 import hashlib
-import io
 import math
-import os
 import shutil
 import tempfile
 import uuid
@@ -123,11 +121,10 @@ def _ipc(table: pa.Table) -> pa.Buffer:
 def _write_pieces(table: pa.Table, key: str, partitions: int, folder: str) -> pa.Table:
     """Map task: write ``table``'s rows sorted by partition as one file under ``folder`` (pieces,
     then ``partitions + 1`` int64 offsets); returns its row count. The name starts with a hash of
-    the content, so files are listed in an order that does not depend on scheduling. On a local
-    disk the pieces go to the file one at a time (written beside, then renamed); an object store
-    gets the file in one PUT."""
-    from mm1data.io.fs import fsspec_fs, is_local
-    from mm1data.runners.workdir import put_whole
+    the content, so files are listed in an order that does not depend on scheduling; the pieces go
+    to the file one at a time (:func:`~mm1data.runners.workdir.content_named`)."""
+    from mm1data.io.fs import fsspec_fs
+    from mm1data.runners.workdir import content_named
 
     n = table.num_rows
     if n:
@@ -135,29 +132,17 @@ def _write_pieces(table: pa.Table, key: str, partitions: int, folder: str) -> pa
         order = np.argsort(part, kind="stable")
         table = table.take(pa.array(order))
         bounds = np.r_[0, np.cumsum(np.bincount(part, minlength=partitions))]
+        offsets, at = np.zeros(partitions + 1, np.int64), 0
         fs, base = fsspec_fs(folder)
-        local, partial = is_local(fs), f"{base}/{uuid.uuid4().hex}.partial"
-        if local:
-            fs.makedirs(base, exist_ok=True)
-        sink = open(partial, "wb") if local else io.BytesIO()  # noqa: SIM115 - closed below
-        digest, offsets, at = hashlib.blake2b(digest_size=12), np.zeros(partitions + 1, np.int64), 0
-        for p in np.flatnonzero(np.diff(bounds)).tolist():
-            piece = _ipc(table.slice(bounds[p], bounds[p + 1] - bounds[p]))
-            offsets[p], at = at, at + piece.size
-            offsets[p + 1 :] = at
-            digest.update(piece)
-            sink.write(piece)
-            del piece
-        del table  # (the sorted copy)
-        digest.update(offsets.tobytes())
-        sink.write(offsets.tobytes())
-        path = f"{base}/{digest.hexdigest()}-{uuid.uuid4().hex[:8]}.pieces"
-        if local:
-            sink.close()
-            os.replace(partial, path)
-        else:
-            put_whole(fs, path, sink.getbuffer())
-        del sink
+        with content_named(fs, base, lambda digest: f"{digest}-{uuid.uuid4().hex[:8]}.pieces", 12) as sink:
+            for p in np.flatnonzero(np.diff(bounds)).tolist():
+                piece = _ipc(table.slice(bounds[p], bounds[p + 1] - bounds[p]))
+                offsets[p], at = at, at + piece.size
+                offsets[p + 1 :] = at
+                sink.write(piece)
+                del piece
+            del table  # (the sorted copy)
+            sink.write(offsets.tobytes())
         release_memory()
     return pa.table({"rows": pa.array([n], pa.int64())})
 

@@ -15,12 +15,14 @@ Layout (``<output>/_work``)::
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import os
 import uuid
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, BinaryIO
 
 import pyarrow as pa
 
@@ -178,36 +180,56 @@ def write_block(table: pa.Table, url: str, count: Callable[..., pa.Table], args:
     """Ray Data UDF: write one block as ``url/<hash of its bytes>.parquet`` (nothing for an empty
     block) and return ``count(block, *args)``. The name comes from the content, so a task Ray
     retries after a lost worker rewrites the same file instead of adding a second copy; the file
-    appears whole or not at all. On a local disk the file is written beside and renamed, so the
-    task never holds its bytes; an object store gets it in one PUT."""
+    appears whole or not at all (:func:`content_named`)."""
     import pyarrow.parquet as pq
 
     if table.num_rows:
         per_group = max(1, table.num_rows * ROW_GROUP_BYTES // max(1, table.nbytes))
-        options = {"row_group_size": per_group, **parquet_options(table.schema)}
         fs, folder = fsspec_fs(url)
-        if is_local(fs):
-            fs.makedirs(folder, exist_ok=True)
-            partial = f"{folder}/{uuid.uuid4().hex}.partial"
-            pq.write_table(table, partial, **options)
-            os.replace(partial, f"{folder}/{_file_digest(partial)}.parquet")
-        else:
-            buf = pa.BufferOutputStream()
-            pq.write_table(table, buf, **options)
-            data = memoryview(buf.getvalue())  # no copy of the file's bytes
-            put_whole(fs, f"{folder}/{hashlib.blake2b(data, digest_size=16).hexdigest()}.parquet", data)
-            del data, buf
+        with content_named(fs, folder, lambda digest: f"{digest}.parquet") as sink:
+            pq.write_table(table, sink, row_group_size=per_group, **parquet_options(table.schema))
         release_memory()  # the writer's buffers, before the task's next block
     return count(table, *args)
 
 
-def _file_digest(path: str) -> str:
-    """The blake2b (16 bytes) of a local file's contents, read a MiB at a time."""
-    digest = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
+class _Hashing(io.RawIOBase):
+    """A binary sink that passes what it is given on to ``raw`` and hashes it (blake2b)."""
+
+    def __init__(self, raw: BinaryIO, digest_size: int) -> None:
+        super().__init__()
+        self.raw, self.digest, self.size = raw, hashlib.blake2b(digest_size=digest_size), 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:  # (any bytes-like object)
+        self.digest.update(data)
+        self.size += memoryview(data).nbytes
+        return self.raw.write(data)
+
+    def tell(self) -> int:
+        return self.size
+
+
+@contextlib.contextmanager
+def content_named(
+    fs: Any, folder: str, name: Callable[[str], str], digest_size: int = 16
+) -> Iterator[BinaryIO]:
+    """A sink for one file under ``folder``, named ``name(hex blake2b of its bytes)`` once it is
+    written, that appears whole or not at all: on a local disk it goes to a file beside as it is
+    written and is renamed (the task never holds its bytes), on an object store it is one PUT."""
+    local = is_local(fs)
+    partial = f"{folder}/{uuid.uuid4().hex}.partial"
+    if local:
+        fs.makedirs(folder, exist_ok=True)
+    with open(partial, "wb") if local else io.BytesIO() as raw:
+        sink = _Hashing(raw, digest_size)
+        yield sink
+        path = f"{folder}/{name(sink.digest.hexdigest())}"
+        if not local:
+            put_whole(fs, path, raw.getbuffer())
+    if local:
+        os.replace(partial, path)
 
 
 def read_files(batch: pa.Table, columns: list[str] | None) -> Iterator[pa.Table]:
