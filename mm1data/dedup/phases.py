@@ -57,6 +57,7 @@ from mm1data.dedup.components import (
 )
 from mm1data.dedup.exact import live_images, live_texts, text_key
 from mm1data.runners.executor import Context, Data, Output, Phase, stream_output
+from mm1data.runners.pipeline import map_in_slices
 from mm1data.runners.shuffle import (
     ROWS_PER_TASK,
     LocalTables,
@@ -637,12 +638,8 @@ class DedupPhase(Phase):
         cfg, t0 = self.cfg, time.perf_counter()
         streams = {s: data.kept(s) for s in STREAMS if s in data}
         eval_index = build_index(cfg) if (cfg.decontaminate_texts or cfg.decontaminate_images) else None
-        parts = [
-            ds.map_batches(
-                index_batch, fn_args=(s, cfg, eval_index), batch_format="pyarrow", batch_size=INDEX_BATCH_ROWS
-            )
-            for s, ds in streams.items()
-        ]
+        args = {s: (s, cfg, eval_index) for s in streams}
+        parts = [map_in_slices(ds, index_batch, args[s], INDEX_BATCH_ROWS) for s, ds in streams.items()]
         eng = RayDatasets()
         index = eng.keep(eng.union(*parts))
         n_index = eng.count(index)

@@ -94,15 +94,10 @@ KEYED = (
 def all_rows(data: Data, stream: str, columns: list[str]):
     """Every row of ``stream`` that entered, once: the kept rows of its last output and the rejected
     rows of each of its outputs (each phase passes on only the rows the one before kept)."""
-    from mm1data.runners.executor import _rejected
-
     parts = [data.kept(stream, columns)]
     for stored in data.history:
         if stored.output.name == stream and stored.rejected:
-            read = columns if "reject" in columns else [*columns, "reject"]
-            parts.append(
-                stored.read(read).map_batches(_rejected, batch_format="pyarrow").select_columns(columns)
-            )
+            parts.append(stored.read(columns, rows="rejected"))
     return parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
 
 

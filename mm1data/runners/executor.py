@@ -40,7 +40,7 @@ from mm1data import __version__
 from mm1data.io.fs import fsspec_fs
 from mm1data.report import StageLog
 from mm1data.runners.shuffle import RayDatasets, cogroup, hash64, partition_of, partitions_for, sum_counts
-from mm1data.runners.workdir import WorkDir, fingerprint
+from mm1data.runners.workdir import WorkDir, fingerprint, select_rows
 from mm1data.schemas import REJECT, STREAMS
 
 STAT_STREAMS = (*STREAMS, "synthetic_caption")
@@ -122,11 +122,14 @@ class Stored:
     dataset: Any = None
     nbytes: int = 0  # Arrow bytes of the kept rows: partitions of payload are sized by it too
 
-    def read(self, columns: list[str] | None = None):
-        """The stored rows (only ``columns``, if given) as a lazy Ray dataset."""
-        if self.work is None:
-            return self.dataset.select_columns(columns) if columns else self.dataset
-        return self.work.read_dataset(self.phase, self.output.name, columns=columns)
+    def read(self, columns: list[str] | None = None, rows: str | None = None):
+        """The stored rows (only ``columns``, if given; only the ``rows`` "kept" or "rejected", if
+        given) as a lazy Ray dataset."""
+        if self.work is not None:
+            return self.work.read_dataset(self.phase, self.output.name, columns=columns, rows=rows)
+        if rows is not None:
+            return self.dataset.map_batches(select_rows, fn_args=(rows, columns), batch_format="pyarrow")
+        return self.dataset.select_columns(columns) if columns else self.dataset
 
     def columns(self) -> list[str]:
         """The column names of the stored rows."""
@@ -166,19 +169,7 @@ class Data:
     def kept(self, name: str, columns: list[str] | None = None):
         """The rows of output ``name`` whose ``reject`` is null (all rows of a plain output)."""
         stored = self.outputs[name]
-        if stored.output.rejects is None:
-            return stored.read(columns)
-        read = None if columns is None else [*columns, *(["reject"] if "reject" not in columns else [])]
-        return stored.read(read).map_batches(_kept, fn_args=(columns,), batch_format="pyarrow")
-
-
-def _kept(table: pa.Table, columns: list[str] | None = None) -> pa.Table:
-    kept = table.filter(pc.is_null(table.column("reject")))
-    return kept if columns is None else kept.select(columns)
-
-
-def _rejected(table: pa.Table) -> pa.Table:
-    return table.filter(pc.is_valid(table.column("reject")))
+        return stored.read(columns, rows=None if stored.output.rejects is None else "kept")
 
 
 # --- counts ---------------------------------------------------------------------------------------
@@ -281,9 +272,7 @@ def rejects_of(stored: Stored, kept_items_only: bool = False):
     names = stored.columns()
     cols = ["id", "reject", "lineage"] + (["stream"] if stream is None else [])
     cols += [c for c in ("item_rejects", "part") if c in names]
-    ds = stored.read(cols)
-    if not kept_items_only:
-        ds = ds.map_batches(_rejected, batch_format="pyarrow")
+    ds = stored.read(cols, rows="kept" if kept_items_only else "rejected")
     args = (stream, kept_items_only, stored.output.rejects)
     return ds.map_batches(_folder_rejects, fn_args=args, batch_format="pyarrow")
 

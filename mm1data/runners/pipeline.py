@@ -6,7 +6,8 @@ Kept/rejected splits, counts and rejects belong to :mod:`mm1data.runners.executo
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import pyarrow as pa
 
@@ -51,12 +52,23 @@ def apply_stages(ds, stages: Sequence[Stage], timer: str | None = None, batch_si
     """Apply ``stages`` to ``ds`` batch by batch in Ray tasks (set up once per worker process)."""
     if not stages:
         return ds
-    return ds.map_batches(
-        run_stage_chain,
-        fn_args=(list(stages), chain_token(stages), timer),
-        batch_size=batch_size,
-        batch_format="pyarrow",
-    )
+    return map_in_slices(ds, run_stage_chain, (list(stages), chain_token(stages), timer), batch_size)
+
+
+def map_in_slices(ds, fn: Callable[..., pa.Table], fn_args: tuple, rows: int, **kwargs: Any):
+    """``ds.map_batches(fn, batch_size=rows)`` without Ray's gathering of input: ``fn`` sees at most
+    ``rows`` rows per call, and a task maps the blocks it is given. Ray gathers ``batch_size`` input
+    rows into each task of a fused map, and after a map over file paths or partition ids (one row
+    each: :func:`~mm1data.runners.workdir.read_files`, a cogroup's reduce) that is ``rows`` files
+    or partitions per task: tasks that grow with the data, and one task where there should be
+    many. ``kwargs`` go to ``map_batches`` (``concurrency``, say)."""
+
+    def sliced(table: pa.Table, *args: Any) -> Iterator[pa.Table]:
+        for start in range(0, table.num_rows, rows):
+            yield fn(table.slice(start, rows), *args)
+
+    sliced.__name__ = sliced.__qualname__ = fn.__name__  # the operator's name in Ray's logs
+    return ds.map_batches(sliced, fn_args=fn_args, batch_size=None, batch_format="pyarrow", **kwargs)
 
 
 class StageTimer:

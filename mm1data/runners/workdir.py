@@ -114,9 +114,10 @@ class WorkDir:
         with self.fs.open(self._local(*names, "_schema.parquet"), "rb") as f:
             return pq.read_schema(f)
 
-    def read_dataset(self, *names: str, columns: list[str] | None = None) -> Any:
+    def read_dataset(self, *names: str, columns: list[str] | None = None, rows: str | None = None) -> Any:
         """The Ray dataset stored by :meth:`write_dataset` under ``names`` (only ``columns``, if
-        given): one read task per file, each a plain ``pyarrow.parquet`` read."""
+        given; only the ``rows`` "kept" or "rejected", if given: :func:`read_files`): one read
+        task per file, each a plain ``pyarrow.parquet`` read."""
         import ray.data
 
         local = self._local(*names)
@@ -124,7 +125,7 @@ class WorkDir:
         data = [p for p in files if not p.endswith("_schema.parquet")] or [f"{local}/_schema.parquet"]
         urls = [self.url(*names, p.rsplit("/", 1)[-1]) for p in data]
         ds = ray.data.from_items([{"path": u} for u in urls], override_num_blocks=len(urls))
-        return ds.map_batches(read_files, fn_args=(columns,), batch_size=1, batch_format="pyarrow")
+        return ds.map_batches(read_files, fn_args=(columns, rows), batch_size=1, batch_format="pyarrow")
 
     def commit_shard(self, name: str, row: dict, fp: str) -> None:
         """Mark shard tar ``name`` (already written whole) as done for the plan ``fp``."""
@@ -232,14 +233,28 @@ def content_named(
         os.replace(partial, path)
 
 
-def read_files(batch: pa.Table, columns: list[str] | None) -> Iterator[pa.Table]:
+def read_files(batch: pa.Table, columns: list[str] | None, rows: str | None = None) -> Iterator[pa.Table]:
     """Ray Data UDF: the rows of the Parquet files named in ``batch`` (only ``columns``, if given),
-    a row group (about :data:`ROW_GROUP_BYTES`) at a time, so a reader holds one row group."""
+    a row group (about :data:`ROW_GROUP_BYTES`) at a time, so a reader holds one row group.
+    ``rows="kept"`` or ``"rejected"`` keeps only the rows whose ``reject`` is null or set, chosen
+    as each row group is read (:func:`select_rows`): the rows left out are never copied."""
     import pyarrow.parquet as pq
 
+    read = columns if rows is None or columns is None or "reject" in columns else [*columns, "reject"]
     for url in batch.column("path").to_pylist():
         fs, path = fsspec_fs(url)
         with fs.open(path, "rb") as f:
             pf = pq.ParquetFile(f)
             for i in range(pf.num_row_groups):
-                yield pf.read_row_group(i, columns=columns)
+                group = pf.read_row_group(i, columns=read)
+                yield group if rows is None else select_rows(group, rows, columns)
+
+
+def select_rows(table: pa.Table, rows: str, columns: list[str] | None = None) -> pa.Table:
+    """The rows of ``table`` whose ``reject`` is null (``rows="kept"``) or set (``"rejected"``),
+    with only ``columns`` if given."""
+    import pyarrow.compute as pc
+
+    test = {"kept": pc.is_null, "rejected": pc.is_valid}[rows]
+    chosen = table.filter(test(table.column("reject")))
+    return chosen if columns is None else chosen.select(columns)

@@ -12,9 +12,13 @@ from typing import Any
 
 from mm1data.config import BuildConfig
 from mm1data.runners.executor import Context, Data, Output, Phase
+from mm1data.runners.pipeline import map_in_slices
 from mm1data.schemas import STREAMS
 from mm1data.tokens.render import EXAMPLE, render_batch
 from mm1data.tokens.tokenizer import TextTokenizer
+
+RENDER_BATCH_ROWS = 64
+"""Records rendered per call (a worker holds their decoded images at once)."""
 
 
 def synthetic_share(cfg: BuildConfig, target: dict[str, float]) -> float:
@@ -55,13 +59,11 @@ class TokenizePhase(Phase):
 
     def run(self, data: Data, ctx: Context) -> dict[str, Any]:
         parts = [
-            data.kept(s)
-            .drop_columns(["reject"])
-            .map_batches(
+            map_in_slices(
+                data.kept(s).drop_columns(["reject"]),
                 render_batch,
-                fn_args=(s, self.cfg, self.ratio),
-                batch_format="pyarrow",
-                batch_size=64,
+                (s, self.cfg, self.ratio),
+                RENDER_BATCH_ROWS,
                 concurrency=self.cfg.workers,
             )
             for s in STREAMS
