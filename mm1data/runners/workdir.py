@@ -117,15 +117,16 @@ class WorkDir:
     def read_dataset(self, *names: str, columns: list[str] | None = None, rows: str | None = None) -> Any:
         """The Ray dataset stored by :meth:`write_dataset` under ``names`` (only ``columns``, if
         given; only the ``rows`` "kept" or "rejected", if given: :func:`read_files`): one read
-        task per file, each a plain ``pyarrow.parquet`` read."""
+        task per :data:`READ_TASK_BYTES` of files, each a plain ``pyarrow.parquet`` read."""
         import ray.data
 
         local = self._local(*names)
-        files = sorted(p for p in self.fs.ls(local, detail=False) if p.endswith(".parquet"))
-        data = [p for p in files if not p.endswith("_schema.parquet")] or [f"{local}/_schema.parquet"]
-        urls = [self.url(*names, p.rsplit("/", 1)[-1]) for p in data]
-        ds = ray.data.from_items([{"path": u} for u in urls], override_num_blocks=len(urls))
-        return ds.map_batches(read_files, fn_args=(columns, rows), batch_size=1, batch_format="pyarrow")
+        listed = sorted((p["name"], p["size"]) for p in self.fs.ls(local, detail=True))
+        files = [(p, n) for p, n in listed if p.endswith(".parquet") and not p.endswith("_schema.parquet")]
+        groups = read_groups(files or [(f"{local}/_schema.parquet", 0)], READ_TASK_BYTES)
+        blocks = [pa.table({"path": [self.url(*names, p.rsplit("/", 1)[-1]) for p in g]}) for g in groups]
+        ds = ray.data.from_arrow(blocks)
+        return ds.map_batches(read_files, fn_args=(columns, rows), batch_size=None, batch_format="pyarrow")
 
     def commit_shard(self, name: str, row: dict, fp: str) -> None:
         """Mark shard tar ``name`` (already written whole) as done for the plan ``fp``."""
@@ -231,6 +232,24 @@ def content_named(
             put_whole(fs, path, raw.getbuffer())
     if local:
         os.replace(partial, path)
+
+
+READ_TASK_BYTES = 64 * 1024**2
+"""File bytes a checkpoint read task takes: several small files or one large one, so read tasks
+(and the blocks and task records Ray keeps for them) grow with the bytes, not with the files."""
+
+
+def read_groups(files: list[tuple[str, int]], target: int) -> list[list[str]]:
+    """``(path, size)`` in order, cut into runs of at most ``target`` bytes (a larger file alone)."""
+    groups: list[list[str]] = []
+    size = 0
+    for path, n in files:
+        if not groups or (size + n > target and size):
+            groups.append([])
+            size = 0
+        groups[-1].append(path)
+        size += n
+    return groups
 
 
 def read_files(batch: pa.Table, columns: list[str] | None, rows: str | None = None) -> Iterator[pa.Table]:

@@ -7,7 +7,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from mm1data.runners import workdir
-from mm1data.runners.workdir import read_files, select_rows, write_block
+from mm1data.runners.workdir import read_files, read_groups, select_rows, write_block
 from mm1data.schemas import REJECT_INFO
 
 
@@ -50,5 +50,12 @@ def test_write_block_names_the_file_by_its_bytes(tmp_path):
     for _ in range(2):  # a retried task rewrites the same file, it adds none
         write_block(block, str(tmp_path), _counted, ())
     files = sorted(p.name for p in tmp_path.iterdir())
-    assert len(files) == 1 and files[0].endswith(".parquet") and not any(f.endswith(".partial") for f in files)
+    assert len(files) == 1 and files[0].endswith(".parquet")  # and no .partial file left
     assert pq.read_table(tmp_path / files[0]).equals(block)
+
+
+def test_read_groups_cut_files_into_runs_of_bounded_bytes():
+    files = [("a", 10), ("b", 30), ("c", 30), ("d", 100), ("e", 5), ("f", 5)]
+    assert read_groups(files, 64) == [["a", "b"], ["c"], ["d"], ["e", "f"]]
+    assert read_groups(files, 1000) == [["a", "b", "c", "d", "e", "f"]]
+    assert read_groups([("only", 0)], 64) == [["only"]]
