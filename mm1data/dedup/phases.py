@@ -638,8 +638,10 @@ class DedupPhase(Phase):
         cfg, t0 = self.cfg, time.perf_counter()
         streams = {s: data.kept(s) for s in STREAMS if s in data}
         eval_index = build_index(cfg) if (cfg.decontaminate_texts or cfg.decontaminate_images) else None
-        args = {s: (s, cfg, eval_index) for s in streams}
-        parts = [map_in_slices(ds, index_batch, args[s], INDEX_BATCH_ROWS) for s, ds in streams.items()]
+        parts = [
+            map_in_slices(ds, index_batch, (s, cfg, eval_index), INDEX_BATCH_ROWS)
+            for s, ds in streams.items()
+        ]
         eng = RayDatasets()
         index = eng.keep(eng.union(*parts))
         n_index = eng.count(index)

@@ -17,11 +17,10 @@ Two executions, the same semantics:
   then calls ``fn``. Memory per task is about 1/partitions of the inputs (callers size
   ``partitions`` from row counts with :func:`partitions_for`, so it grows with the data), less
   for an input named ``stream`` (handed to ``fn`` a slice at a time), and the driver holds no
-  piece: a Ray shuffle
-  keeps a reference and metadata per (block, partition) pair in the driver, blocks × partitions
-  of them, and pieces under 100 KiB inline in its heap (2.4 GiB at 10M rows). The files live
-  under :func:`shuffle_files`'s folder (the build's ``_work/_shuffle``, on S3 too) or a
-  temporary folder.
+  piece: a Ray shuffle keeps a reference and metadata per (block, partition) pair in the driver,
+  blocks × partitions of them, and pieces under 100 KiB inline in its heap (2.4 GiB at 10M rows).
+  The files live under :func:`shuffle_files`'s folder (the build's ``_work/_shuffle``, on S3 too)
+  or a temporary folder.
 - ``partitions == 1`` (small inputs): every block goes to one Ray task, with no shuffle and no
   aggregator actors, so small builds pay no fixed shuffle cost.
 
